@@ -1,0 +1,127 @@
+"""Checkpoints: written atomically, read back with ``torch.load(weights_only=True)``.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts (nothing pickled beyond
+that), so loading it never runs code:
+
+``model``
+    the model's state dict.
+``model_config``
+    :attr:`unetkit.UNet.config`, enough to rebuild the architecture with :meth:`UNet.from_config`.
+``data``
+    what inference needs to know about the data: ``num_classes``, ``in_channels``, ``class_names``,
+    ``class_colors``, ``mean``, ``std``, ``ignore_index``.
+``config``, ``epoch``, ``best_miou``, ``history``, ``optimizer``, ``scheduler``, ``scaler``, ``rng``
+    training state (present in checkpoints written by :mod:`unetkit.train`), so ``--resume`` continues
+    a run exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .models import UNet
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and the fix."""
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it over ``path``.
+
+    A crash mid-write leaves the old file intact (the rename is atomic on POSIX and Windows).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """``torch.save`` ``state`` to ``path`` atomically."""
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint dict weights-only; a run directory means its ``best.pt`` (else ``last.pt``)."""
+    p = Path(path)
+    if p.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (p / name).is_file():
+                p = p / name
+                break
+        else:
+            raise CheckpointError(f"{p}: no best.pt or last.pt in this run directory; pass a checkpoint file")
+    if not p.is_file():
+        raise CheckpointError(f"{p}: checkpoint not found; pass a .pt file or a run directory")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any reader failure becomes one clear message
+        raise CheckpointError(f"{p}: not a readable unetkit checkpoint ({type(e).__name__}); "
+                              "pass a file written by 'unetkit train'") from e
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
+        raise CheckpointError(f"{p}: not a unetkit checkpoint (no model/model_config); "
+                              "pass a file written by 'unetkit train'")
+    ckpt["path"] = str(p)
+    return ckpt
+
+
+@dataclass
+class DataInfo:
+    """What a model needs to know about its data at inference time."""
+
+    num_classes: int
+    in_channels: int
+    class_names: list[str]
+    class_colors: list[tuple[int, int, int]]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    ignore_index: int = 255
+
+    @classmethod
+    def from_dataset(cls, ds: Any) -> DataInfo:
+        """Take the fields from a :class:`unetkit.data.SegmentationDataset`."""
+        return cls(ds.num_classes, ds.in_channels, list(ds.class_names), [tuple(c) for c in ds.class_colors],
+                   tuple(ds.mean), tuple(ds.std), ds.ignore_index)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"num_classes": self.num_classes, "in_channels": self.in_channels,
+                "class_names": list(self.class_names), "class_colors": [list(c) for c in self.class_colors],
+                "mean": list(self.mean), "std": list(self.std), "ignore_index": self.ignore_index}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DataInfo:
+        return cls(int(d["num_classes"]), int(d["in_channels"]), list(d["class_names"]),
+                   [tuple(int(v) for v in c) for c in d["class_colors"]],
+                   tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"]),
+                   int(d.get("ignore_index", 255)))
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[UNet, DataInfo, dict[str, Any]]:
+    """Rebuild the model of a checkpoint (file or run directory) in eval mode.
+
+    Returns ``(model, data_info, checkpoint)``. No weights are fetched: the architecture comes from
+    ``model_config`` and every tensor from the file.
+    """
+    ckpt = read_checkpoint(path)
+    try:
+        model = UNet.from_config(ckpt["model_config"])
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{ckpt['path']}: model weights do not match its config ({e}); "
+                              "the file is damaged or from another version") from e
+    return model.to(device).eval(), DataInfo.from_dict(ckpt["data"]), ckpt

@@ -1,0 +1,21 @@
+"""Dataset-level segmentation metrics.
+
+* :class:`SegmentationMetrics` accumulates one int64 confusion matrix over a whole evaluation
+  and reports pixel accuracy and per-class IoU/Dice/precision/recall (NaN for classes absent
+  from both prediction and target, left out of the means).
+* :func:`boundary_f1` / :class:`BoundaryF1`: the Boundary F1 score of Csurka et al. (2013).
+"""
+
+from .boundary import BoundaryF1, boundary_f1, boundary_mask, default_tolerance
+from .confusion import SegmentationMetrics, confusion_counts, metrics_from_confusion, to_label_map
+
+__all__ = [
+    "BoundaryF1",
+    "SegmentationMetrics",
+    "boundary_f1",
+    "boundary_mask",
+    "confusion_counts",
+    "default_tolerance",
+    "metrics_from_confusion",
+    "to_label_map",
+]

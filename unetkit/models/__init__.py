@@ -1,0 +1,7 @@
+"""Models: the UNet, its encoders, decoder and blocks."""
+
+from .encoders import encoder_names, get_encoder, register_encoder
+from .summary import summary
+from .unet import UNet
+
+__all__ = ["UNet", "encoder_names", "get_encoder", "register_encoder", "summary"]
