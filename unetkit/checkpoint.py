@@ -125,3 +125,24 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[UN
         raise CheckpointError(f"{ckpt['path']}: model weights do not match its config ({e}); "
                               "the file is damaged or from another version") from e
     return model.to(device).eval(), DataInfo.from_dict(ckpt["data"]), ckpt
+
+
+def checkpoint_datasets(ckpt: dict[str, Any], data: str | None = None) -> tuple[Any, Any]:
+    """``(train, val)`` datasets for a checkpoint, normalised as it was trained, never augmented.
+
+    ``data`` defaults to the dataset the checkpoint was trained on (with the same split seed and
+    options); a different folder or name is read with the checkpoint's classes and channels.
+    """
+    from .data import get_datasets
+
+    cfg = ckpt.get("config", {})
+    info = DataInfo.from_dict(ckpt["data"])
+    name = data or cfg.get("data")
+    if not name:
+        raise CheckpointError(f"{ckpt.get('path', 'checkpoint')}: it does not say which data it was trained on; "
+                              "pass --data DIR|NAME")
+    same = data is None or data == cfg.get("data")
+    options = dict(cfg.get("data_options") or {}) if same else {}
+    return get_datasets(name, mean=info.mean, std=info.std, num_classes=info.num_classes,
+                        in_channels=info.in_channels, ignore_index=info.ignore_index,
+                        seed=int(cfg.get("seed", 0)), val_fraction=float(cfg.get("val_fraction", 0.2)), **options)

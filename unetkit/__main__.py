@@ -1,0 +1,5 @@
+"""``python -m unetkit`` is the ``unetkit`` command."""
+
+from .cli.main import main
+
+raise SystemExit(main())

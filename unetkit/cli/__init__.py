@@ -1,0 +1,1 @@
+"""The ``unetkit`` command line: one module per subcommand, wired together in :mod:`.main`."""

@@ -1,0 +1,136 @@
+"""``unetkit export``: a checkpoint to ONNX (verified against PyTorch), optionally also INT8 (verified on data).
+
+``--int8`` writes ``<out stem>.int8.onnx`` next to ``--out``, calibrated on real images (``--calibration``:
+a folder of images or a dataset; default the training split of the checkpoint's dataset) and prints
+mIoU, argmax agreement and latency of fp32 vs INT8 on the validation split of ``--data``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from .main import CLIError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export", help="export a checkpoint to ONNX (and INT8)",
+        description="Export a checkpoint to ONNX with dynamic batch/height/width and the class names, colours "
+                    "and normalisation in its metadata, verified with ONNX Runtime against PyTorch. With --int8 "
+                    "also a statically quantized model (<out>.int8.onnx) and an fp32-vs-INT8 accuracy report.")
+    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint file or run directory")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="export format (default onnx)")
+    p.add_argument("--out", default=None, metavar="PATH",
+                   help="output .onnx file (default: the checkpoint's name with .onnx, beside it)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--legacy-exporter", action="store_true",
+                   help="use the TorchScript exporter instead of the torch.export (dynamo) one")
+    p.add_argument("--int8", action="store_true", help="also write a static INT8 model <out stem>.int8.onnx")
+    p.add_argument("--calibration", default=None, metavar="DIR|NAME",
+                   help="calibration images: a folder of images (or a dataset folder) or a built-in dataset name "
+                        "(default: the training split of the checkpoint's dataset)")
+    p.add_argument("--calib-samples", type=int, default=32, metavar="N",
+                   help="number of calibration images, evenly spaced (default 32)")
+    p.add_argument("--data", default=None, metavar="DIR|NAME",
+                   help="dataset whose validation split the INT8 report uses (default: the checkpoint's dataset)")
+    p.add_argument("--quant-format", default="qdq", choices=["qdq", "qoperator"],
+                   help="INT8 graph format (default qdq)")
+    p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor instead of per channel")
+    p.add_argument("--reduce-range", action="store_true", help="7-bit weights (for CPUs without VNNI)")
+    p.add_argument("--calibrate-method", default="minmax", choices=["minmax", "percentile", "entropy"],
+                   help="how activation ranges are chosen (default minmax)")
+    p.set_defaults(func=run)
+
+
+def checkpoint_dataset(ckpt: dict[str, Any]) -> str | None:
+    """The dataset name or folder the checkpoint was trained on (``config["data"]``), if recorded."""
+    data = (ckpt.get("config") or {}).get("data")
+    if isinstance(data, dict):
+        data = data.get("name") or data.get("dataset") or data.get("path") or data.get("root")
+    return str(data) if data else None
+
+
+def _split(name: str, info: Any, split: str) -> Any:
+    from ..data import get_datasets
+
+    kwargs: dict[str, Any] = {"mean": info.mean, "std": info.std, "in_channels": info.in_channels}
+    if name.lower() != "ct-chest":
+        kwargs["num_classes"] = info.num_classes
+    train, val = get_datasets(name, **kwargs)
+    return train if split == "train" else val
+
+
+def _evenly(n: int, k: int) -> list[int]:
+    if k >= n:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / max(k - 1, 1)) for i in range(k)})
+
+
+def calibration_images(source: str, info: Any, samples: int) -> list[Any]:
+    """Normalised ``(C, H, W)`` tensors from a built-in dataset's training split or a folder of images."""
+    from ..data import BUILTIN_DATASETS
+    from ..data.io import IMAGE_EXTENSIONS, read_image
+    from ..infer import image_to_tensor
+
+    path = Path(source)
+    if source.lower() in BUILTIN_DATASETS or (path.is_dir() and (path / "images").is_dir()):
+        ds = _split(source, info, "train")
+        return [ds[i][0] for i in _evenly(len(ds), samples)]
+    if not path.is_dir():
+        raise CLIError(f"--calibration {source}: neither a built-in dataset ({', '.join(BUILTIN_DATASETS)}) "
+                       "nor a folder of images")
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise CLIError(f"--calibration {source}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
+    images = []
+    for i in _evenly(len(files), samples):
+        try:
+            images.append(image_to_tensor(read_image(files[i]), info)[0])
+        except Exception as e:  # noqa: BLE001 - one unreadable calibration image is a user error
+            raise CLIError(f"{files[i]}: cannot use as a calibration image ({e})") from e
+    return images
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..checkpoint import load_model
+    from ..export import export_onnx, quantize_int8
+
+    if args.calib_samples < 1:
+        raise CLIError(f"--calib-samples must be >= 1, got {args.calib_samples}")
+    model, info, ckpt = load_model(args.checkpoint)
+    ckpt_path = Path(ckpt["path"])
+    out = Path(args.out) if args.out else ckpt_path.with_suffix(".onnx")
+    if out.suffix.lower() != ".onnx":
+        raise CLIError(f"--out {out}: the file name must end in .onnx")
+    trained_on = checkpoint_dataset(ckpt)
+    calib_src = args.calibration or trained_on
+    if args.int8 and calib_src is None:
+        raise CLIError("--int8 needs calibration images: pass --calibration DIR|NAME (the checkpoint does not "
+                       "name its dataset)")
+    export_onnx(model, info, out, opset=args.opset, dynamo=not args.legacy_exporter)
+    if not args.int8:
+        return 0
+
+    calib = calibration_images(calib_src, info, args.calib_samples)
+    data_src = args.data or trained_on
+    eval_data = None
+    if data_src is None:
+        print("no --data and the checkpoint names no dataset: INT8 accuracy report skipped")
+    else:
+        val = _split(data_src, info, "val")
+        if val is None:
+            print(f"{data_src} has no validation split: INT8 accuracy report skipped")
+        else:
+            eval_data = [(val[i][0], val[i][1]) for i in range(len(val))]
+    int8_path = out.with_suffix(".int8.onnx")
+    report = quantize_int8(out, int8_path, calib, eval_data=eval_data, quant_format=args.quant_format,
+                           per_channel=not args.per_tensor, reduce_range=args.reduce_range,
+                           calibrate_method=args.calibrate_method)
+    print(f"wrote {int8_path}: {report.convs_qdq + report.convs_qlinear} convs in INT8, {report.convs_float} in "
+          f"float; calibrated on {len(calib)} image(s) of {calib_src}")
+    if eval_data is not None:
+        print(f"\nfp32 vs INT8 on the validation split of {data_src} ({report.eval_images} images):\n")
+        print(report.table())
+    return 0

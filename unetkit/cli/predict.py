@@ -1,0 +1,193 @@
+"""``unetkit predict``: segment image files with a checkpoint or an exported ``.onnx`` model.
+
+For each input ``<stem>.<ext>`` it writes, into ``--out``: ``<stem>_mask.png`` (palette PNG, pixel value
+= class index, palette = class colours), ``<stem>_overlay.png`` (the image with the classes blended in)
+and with ``--probs`` ``<stem>_probs.npy`` (float32 ``(C, H, W)``). Files that cannot be read are reported
+and skipped; the exit code is 1 when any failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..checkpoint import atomic_write
+from .main import CLIError
+
+GLOB_CHARS = set("*?[")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict", help="segment images with a checkpoint or an .onnx model",
+        description="Segment image files (any size) with a checkpoint (.pt or run directory) or a model "
+                    "exported by 'unetkit export' (.onnx, INT8 included). INPUTS are files, folders (their "
+                    "images) or glob patterns. Writes <stem>_mask.png (palette PNG, value = class), "
+                    "<stem>_overlay.png and, with --probs, <stem>_probs.npy into --out.")
+    p.add_argument("model", metavar="CKPT|MODEL.onnx", help="checkpoint file, run directory or .onnx file")
+    p.add_argument("inputs", nargs="+", metavar="INPUTS", help="image files, folders or glob patterns")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (must not hold the inputs)")
+    p.add_argument("--tile", type=int, default=None, metavar="N",
+                   help="sliding-window tile size for large images (default: whole image at once)")
+    p.add_argument("--overlap", type=float, default=0.5, help="tile overlap fraction in [0, 1) (default 0.5)")
+    p.add_argument("--tta", action="store_true", help="average predictions over horizontal/vertical flips")
+    p.add_argument("--probs", action="store_true", help="also write class probabilities as <stem>_probs.npy")
+    p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (default 4)")
+    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the class colours (default 0.5)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda when available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def expand_inputs(items: list[str]) -> list[Path]:
+    """Files named, images inside folders named (sorted, not recursive), and glob matches; de-duplicated."""
+    from ..data.io import IMAGE_EXTENSIONS
+
+    def folder_images(d: Path) -> list[Path]:
+        return sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+    found: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            images = folder_images(p)
+            if not images:
+                raise CLIError(f"{item}: folder has no images ({', '.join(IMAGE_EXTENSIONS)})")
+            found += images
+        elif p.is_file():
+            found.append(p)
+        elif GLOB_CHARS & set(item):
+            matches = sorted(Path(m) for m in glob.glob(item, recursive=True))
+            files = [m for m in matches if m.is_file()]
+            files += [f for m in matches if m.is_dir() for f in folder_images(m)]
+            if not files:
+                raise CLIError(f"{item}: the pattern matches no files")
+            found += files
+        else:
+            raise CLIError(f"{item}: no such file or folder")
+    seen: set[Path] = set()
+    unique = []
+    for f in found:
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique
+
+
+def check_outputs(inputs: list[Path], out: Path) -> None:
+    """Refuse an ``--out`` that holds inputs (outputs would mix with or overwrite them) and clashing stems."""
+    out_r = out.resolve()
+    for f in inputs:
+        if f.resolve().parent == out_r:
+            raise CLIError(f"--out {out} is the folder of input {f}: outputs would be written next to (and could "
+                           "overwrite) the inputs; choose another folder")
+    stems: dict[str, Path] = {}
+    for f in inputs:
+        if f.stem in stems:
+            raise CLIError(f"inputs {stems[f.stem]} and {f} share the name '{f.stem}', so their outputs would "
+                           "overwrite each other; predict them into separate --out folders")
+        stems[f.stem] = f
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise CLIError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return name
+
+
+def _precheck_channels(inputs: list[Path], in_channels: int) -> None:
+    """Header-only look at every input, so a channel mismatch stops the run before anything is written."""
+    from ..data.io import read_image_info
+
+    for f in inputs:
+        try:
+            c = read_image_info(f).channels
+        except Exception:  # noqa: BLE001 - unreadable files are reported per file later
+            continue
+        if c != in_channels and (c, in_channels) not in ((3, 1), (1, 3)):
+            raise CLIError(f"{f}: {c}-channel image, but the model takes {in_channels} channel(s); only grey <-> "
+                           "RGB is converted: pass images with the model's channel count or another model")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..data.io import read_image
+    from ..infer import (
+        image_to_tensor,
+        load_predictor,
+        overlay,
+        palette,
+        predict,
+        save_mask_png,
+        save_rgb_png,
+    )
+
+    if args.tile is not None and args.tile < 1:
+        raise CLIError(f"--tile must be a positive size, got {args.tile}")
+    if not 0 <= args.overlap < 1:
+        raise CLIError(f"--overlap must be in [0, 1), got {args.overlap}")
+    if args.batch_size < 1:
+        raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if not 0 <= args.alpha <= 1:
+        raise CLIError(f"--alpha must be in [0, 1], got {args.alpha}")
+    inputs = expand_inputs(args.inputs)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} exists and is not a folder")
+    check_outputs(inputs, out)
+    device = resolve_device(args.device)
+    model, info = load_predictor(args.model, device)
+    _precheck_channels(inputs, info.in_channels)
+    colors = palette(info)
+    out.mkdir(parents=True, exist_ok=True)
+
+    failed: list[tuple[Path, str]] = []
+    done = 0
+    bar = tqdm(inputs, desc="predict", unit="img", disable=args.no_progress, file=sys.stderr)
+    for f in bar:
+        try:
+            arr = read_image(f)
+        except Exception as e:  # noqa: BLE001 - any decoder failure: report the file and go on
+            failed.append((f, f"unreadable ({type(e).__name__}: {' '.join(str(e).split())[:160]})"))
+            bar.write(f"skipped {f}: {failed[-1][1]}", file=sys.stderr)
+            continue
+        try:
+            x, raw = image_to_tensor(arr, info)
+        except ValueError as e:
+            raise CLIError(f"{f}: {e}") from e
+        result = predict(model, x, tile_size=args.tile, overlap=args.overlap, tta=args.tta,
+                         output="probs", batch_size=args.batch_size)
+        probs = result.float().cpu()
+        labels = ((probs[0] > 0.5).long() if probs.shape[0] == 1 else probs.argmax(0)).numpy()
+        stem = f.stem
+        atomic_write(out / f"{stem}_mask.png", lambda tmp, lab=labels: save_mask_png(lab, colors, tmp))
+        ov = overlay(raw, labels, colors, args.alpha)
+        atomic_write(out / f"{stem}_overlay.png", lambda tmp, o=ov: save_rgb_png(o, tmp))
+        if args.probs:
+            p_np = probs.numpy().astype(np.float32)
+            atomic_write(out / f"{stem}_probs.npy", lambda tmp, p=p_np: _save_npy(p, tmp))
+        done += 1
+    bar.close()
+    summary = f"predicted {done} of {len(inputs)} image(s) into {out}"
+    if failed:
+        print(f"{summary}; {len(failed)} failed:", file=sys.stderr)
+        for f, why in failed:
+            print(f"  {f}: {why}", file=sys.stderr)
+        return 1
+    print(summary)
+    return 0
+
+
+def _save_npy(arr: np.ndarray, path: Path) -> None:
+    with open(path, "wb") as fh:  # a file object, so numpy does not append .npy to the temporary name
+        np.save(fh, arr)

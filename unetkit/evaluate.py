@@ -1,0 +1,156 @@
+"""Evaluating a model on a dataset: dataset-level metrics, Boundary F1 and the loss, in one pass.
+
+Used by the trainer (validation every epoch, the final report) and by ``unetkit evaluate``. Under
+``torch.distributed`` every rank evaluates its own share of the samples (each counted exactly once)
+and the confusion matrices are all-reduced, so the numbers equal a single-process evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .metrics import BoundaryF1, SegmentationMetrics
+
+
+class ShardSampler(Sampler[int]):
+    """Indices ``rank, rank + world, ...``: every sample on exactly one rank, none repeated or dropped.
+
+    (``DistributedSampler`` pads the last round with repeats, which would count some validation images
+    twice.)
+    """
+
+    def __init__(self, n: int, rank: int = 0, world_size: int = 1) -> None:
+        self.indices = list(range(rank, n, world_size))
+
+    def __iter__(self):  # noqa: ANN204 - Sampler protocol
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+@dataclass
+class EvalResult:
+    """Metrics of one evaluation; per-class values are lists (NaN where a class is absent)."""
+
+    miou: float
+    mdice: float
+    pixel_accuracy: float
+    iou: list[float]
+    dice: list[float]
+    precision: list[float]
+    recall: list[float]
+    confusion_matrix: list[list[int]]
+    loss: float | None = None
+    boundary_f1: list[float] | None = None
+    class_names: list[str] = field(default_factory=list)
+
+    @property
+    def mean_boundary_f1(self) -> float:
+        vals = [v for v in (self.boundary_f1 or []) if not math.isnan(v)]
+        return sum(vals) / len(vals) if vals else math.nan
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``--json`` layout: headline numbers plus ``per_class`` by class name."""
+        names = self.class_names or [str(i) for i in range(len(self.iou))]
+        per_class = {}
+        for i, name in enumerate(names):
+            per_class[name] = {"iou": _num(self.iou[i]), "dice": _num(self.dice[i]),
+                               "precision": _num(self.precision[i]), "recall": _num(self.recall[i])}
+            if self.boundary_f1 is not None:
+                per_class[name]["boundary_f1"] = _num(self.boundary_f1[i])
+        out = {"miou": _num(self.miou), "dice": _num(self.mdice), "pixel_accuracy": _num(self.pixel_accuracy),
+               "boundary_f1": _num(self.mean_boundary_f1) if self.boundary_f1 is not None else None,
+               "loss": _num(self.loss) if self.loss is not None else None,
+               "per_class": per_class, "confusion_matrix": self.confusion_matrix}
+        return out
+
+    def table(self) -> str:
+        """A plain-text per-class table with the means at the bottom."""
+        names = self.class_names or [str(i) for i in range(len(self.iou))]
+        w = max(12, *(len(n) for n in names))
+        bf = self.boundary_f1
+        head = f"{'class':<{w}}  {'IoU':>7}  {'Dice':>7}  {'BF1':>7}  {'prec':>7}  {'recall':>7}"
+        lines = [head, "-" * len(head)]
+        for i, n in enumerate(names):
+            lines.append(f"{n:<{w}}  {_fmt(self.iou[i])}  {_fmt(self.dice[i])}  "
+                         f"{_fmt(bf[i] if bf else math.nan)}  {_fmt(self.precision[i])}  {_fmt(self.recall[i])}")
+        lines.append("-" * len(head))
+        lines.append(f"{'mean':<{w}}  {_fmt(self.miou)}  {_fmt(self.mdice)}  {_fmt(self.mean_boundary_f1)}")
+        lines.append(f"pixel accuracy {self.pixel_accuracy:.4f}" + (f"   loss {self.loss:.4f}" if self.loss else ""))
+        return "\n".join(lines)
+
+
+def _num(v: float) -> float | None:
+    return None if v is None or math.isnan(v) else round(float(v), 6)
+
+
+def _fmt(v: float) -> str:
+    return f"{'-':>7}" if math.isnan(v) else f"{v:7.4f}"
+
+
+def _distributed() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, dataset: Dataset, *, num_classes: int, ignore_index: int | None = 255,
+             loss_fn: nn.Module | None = None, boundary: bool = False, batch_size: int = 8,
+             device: torch.device | str | None = None, num_workers: int = 0,
+             class_names: Sequence[str] = (), autocast_dtype: torch.dtype | None = None) -> EvalResult:
+    """Evaluate ``model`` on every sample of ``dataset`` (split across ranks under DDP).
+
+    Metrics are dataset-level (one confusion matrix). ``boundary=True`` adds per-class Boundary F1
+    (CPU work, so it is meant for final reports, not every epoch). The loss, when ``loss_fn`` is given,
+    is the mean over samples.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    rank, world = _distributed()
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), rank, world),
+                        num_workers=num_workers, pin_memory=device.type == "cuda")
+    was_training = model.training
+    model.eval()
+    metrics = SegmentationMetrics(num_classes, ignore_index=ignore_index, device=device)
+    bf1 = BoundaryF1(num_classes, ignore_index=ignore_index) if boundary else None
+    loss_sum = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of per-batch loss * n, n)
+    for images, masks in loader:
+        images = images.to(device, non_blocking=True)
+        masks = masks.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logits = model(images)
+        logits = logits.float()
+        metrics.update(logits, masks)
+        if loss_fn is not None:
+            loss_sum[0] += loss_fn(logits, masks).double() * images.shape[0]
+            loss_sum[1] += images.shape[0]
+        if bf1 is not None:
+            bf1.update(logits, masks)
+    model.train(was_training)
+    metrics.sync()
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(loss_sum)
+        if bf1 is not None:
+            bf1.sync()
+    m = metrics.compute()
+    loss = float(loss_sum[0] / loss_sum[1]) if loss_fn is not None and loss_sum[1] > 0 else None
+    return EvalResult(
+        miou=float(m["miou"]), mdice=float(m["mdice"]), pixel_accuracy=float(m["pixel_accuracy"]),
+        iou=[float(v) for v in m["iou"]], dice=[float(v) for v in m["dice"]],
+        precision=[float(v) for v in m["precision"]], recall=[float(v) for v in m["recall"]],
+        confusion_matrix=m["confusion_matrix"].cpu().tolist(), loss=loss,
+        boundary_f1=[float(v) for v in bf1.compute()] if bf1 is not None else None,
+        class_names=list(class_names),
+    )
