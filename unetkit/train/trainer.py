@@ -305,6 +305,12 @@ class Trainer:
         return float(total[0] / total[1])
 
     def validate(self, boundary: bool = False) -> EvalResult:
+        """Evaluate on the validation split (sharded across ranks, merged exactly)."""
+        if self.dist.enabled:  # evaluate rank 0's BatchNorm statistics, the ones the checkpoint holds
+            import torch.distributed as dist
+
+            for buf in _unwrap(self.model).buffers():
+                dist.broadcast(buf, 0)
         return evaluate(_unwrap(self.model), self.val_ds, num_classes=self.train_ds.num_classes,
                         ignore_index=self.cfg.ignore_index, loss_fn=self.eval_loss, boundary=boundary,
                         batch_size=max(1, self.cfg.batch_size * 2), device=self.dist.device,

@@ -1,0 +1,39 @@
+"""Run by ``torchrun`` in tests/test_distributed.py: train a tiny model with DDP (gloo, CPU).
+
+Usage: ``torchrun --nproc-per-node 2 tests/ddp_worker.py OUT_DIR EPOCHS [resume]``. Each rank saves its
+parameters (not BatchNorm buffers: DDP broadcasts rank 0's at each forward) at the end of training (before the final evaluation reloads best.pt) as ``rank{R}.pt``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from unetkit.train import TrainConfig, Trainer
+from unetkit.train.distributed import cleanup_distributed
+
+TINY = dict(data="shapes", base_channels=4, depth=3, batch_size=2, samples=1, boundary_f1=False,
+            data_options={"size": 32, "num_samples": 12, "val_samples": 5})
+
+
+class CapturingTrainer(Trainer):
+    def finish(self, seconds: float):  # noqa: ANN201 - same as Trainer.finish
+        model = self.model.module if hasattr(self.model, "module") else self.model
+        params = {k: v.detach() for k, v in model.named_parameters()}
+        torch.save(params, self.run_dir / f"rank{os.environ['RANK']}.pt")
+        return super().finish(seconds)
+
+
+def main() -> None:
+    out, epochs = Path(sys.argv[1]), int(sys.argv[2])
+    resume = out if len(sys.argv) > 3 and sys.argv[3] == "resume" else None
+    cfg = TrainConfig(**TINY, out=str(out), epochs=epochs)
+    CapturingTrainer(cfg, resume=resume, progress=False, log=print).run()
+    cleanup_distributed()
+
+
+if __name__ == "__main__":
+    main()
