@@ -41,13 +41,21 @@ def overlay(image_rgb8: np.ndarray, labels: np.ndarray | torch.Tensor, colors: S
 
 
 def sample_panel(images01: Sequence[torch.Tensor], truths: Sequence[torch.Tensor],
-                 preds: Sequence[torch.Tensor], colors: Sequence[Color], gap: int = 4) -> np.ndarray:
-    """Rows of ``image | truth overlay | prediction overlay`` as one uint8 RGB array."""
+                 preds: Sequence[torch.Tensor], colors: Sequence[Color], gap: int = 4,
+                 min_size: int = 0) -> np.ndarray:
+    """Rows of ``image | truth overlay | prediction overlay`` as one uint8 RGB array.
+
+    Tiles smaller than ``min_size`` pixels are enlarged by an integer factor (nearest neighbour, so
+    label edges stay crisp).
+    """
     rows = []
     for img, truth, pred in zip(images01, truths, preds):
         rgb = to_rgb8(img)
-        sep = np.full((rgb.shape[0], gap, 3), 255, np.uint8)
-        rows.append(np.concatenate([rgb, sep, overlay(rgb, truth, colors), sep, overlay(rgb, pred, colors)], 1))
+        k = max(1, min_size // max(rgb.shape[:2]))
+        tiles = [rgb, overlay(rgb, truth, colors), overlay(rgb, pred, colors)]
+        tiles = [t.repeat(k, 0).repeat(k, 1) for t in tiles]
+        sep = np.full((tiles[0].shape[0], gap, 3), 255, np.uint8)
+        rows.append(np.concatenate([tiles[0], sep, tiles[1], sep, tiles[2]], 1))
     width = max(r.shape[1] for r in rows)
     padded = []
     for r in rows:

@@ -332,7 +332,7 @@ class Trainer:
             imgs.append(self.val_ds.denormalize(image))
             truths.append(mask)
         model.train(was)
-        return sample_panel(imgs, truths, preds, self.train_ds.class_colors)
+        return sample_panel(imgs, truths, preds, self.train_ds.class_colors, min_size=256)
 
     # ----------------------------------------------------------------- the run
     def run(self) -> RunResult:
