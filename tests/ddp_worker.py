@@ -1,6 +1,7 @@
 """Run by ``torchrun`` in tests/test_distributed.py: train a tiny model with DDP (gloo, CPU).
 
-Usage: ``torchrun --nproc-per-node 2 tests/ddp_worker.py OUT_DIR EPOCHS [resume]``. Each rank saves its
+Usage: ``torchrun --nproc-per-node 2 tests/ddp_worker.py OUT_DIR EPOCHS [resume]``; ``FAIL_RANK=R`` makes
+rank R raise in its second epoch. Each rank saves its
 parameters (not BatchNorm buffers: DDP broadcasts rank 0's at each forward) at the end of training (before the final evaluation reloads best.pt) as ``rank{R}.pt``.
 """
 
@@ -20,6 +21,11 @@ TINY = dict(data="shapes", base_channels=4, depth=3, batch_size=2, samples=1, bo
 
 
 class CapturingTrainer(Trainer):
+    def train_epoch(self, epoch: int) -> float:
+        if os.environ.get("FAIL_RANK") == os.environ["RANK"] and epoch == 1:
+            raise RuntimeError(f"simulated failure on rank {os.environ['RANK']}")
+        return super().train_epoch(epoch)
+
     def finish(self, seconds: float):  # noqa: ANN201 - same as Trainer.finish
         model = self.model.module if hasattr(self.model, "module") else self.model
         params = {k: v.detach() for k, v in model.named_parameters()}

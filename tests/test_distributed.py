@@ -6,6 +6,7 @@ import csv
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,12 +18,12 @@ from unetkit.evaluate import ShardSampler, evaluate
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
-def torchrun(out: Path, epochs: int, *extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def torchrun(out: Path, epochs: int, *extra: str, ok: bool = True, **env_extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **env_extra}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            str(WORKER), str(out), str(epochs), *extra]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert (r.returncode == 0) == ok, r.stdout[-2000:] + r.stderr[-3000:]
     return r
 
 
@@ -76,3 +77,24 @@ def test_resume_under_ddp(tmp_path):
 def test_shard_sampler_counts_each_sample_once():
     shards = [list(ShardSampler(7, r, 3)) for r in range(3)]
     assert sorted(i for s in shards for i in s) == list(range(7))
+
+
+def test_a_failing_rank_stops_the_job(tmp_path):
+    start = time.monotonic()
+    r = torchrun(tmp_path / "run", 3, ok=False, FAIL_RANK="1")
+    assert time.monotonic() - start < 240  # rank 0, waiting in a collective, was stopped: no hang
+    assert "simulated failure on rank 1" in r.stdout + r.stderr
+    assert read_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1  # the last good epoch is kept
+
+
+def test_cli_devices_launches_torchrun(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: shapes\nbase_channels: 4\ndepth: 3\nbatch_size: 2\nepochs: 1\nsamples: 0\n"
+                   "boundary_f1: false\ndata_options: {size: 32, num_samples: 8, val_samples: 3}\n")
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "unetkit", "train", "--devices", "2", "--config", str(cfg),
+                        "--out", str(out), "--quiet"], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("2 processes") == 1 and "global batch 4" in r.stdout
+    assert read_checkpoint(out / "last.pt")["epoch"] == 1

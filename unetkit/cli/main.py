@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -43,6 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    label = f"unetkit {args.command}"
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: say which process failed
+        label += f" (rank {os.environ.get('RANK', '?')} of {os.environ['WORLD_SIZE']})"
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -51,12 +55,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CLIError, ValueError, OSError, ImportError) as e:  # bad input: the user can fix it
         if args.debug:
             raise
-        print(f"unetkit {args.command}: error: {one_line(e)}", file=sys.stderr)
+        print(f"{label}: error: {one_line(e)}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - a failed run (or a bug): one line, traceback with --debug
         if args.debug:
             raise
-        print(f"unetkit {args.command}: error: {type(e).__name__}: {one_line(e)} "
+        print(f"{label}: error: {type(e).__name__}: {one_line(e)} "
               "(run 'unetkit --debug ...' for the traceback)", file=sys.stderr)
         return 1
 
