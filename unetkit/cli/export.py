@@ -41,6 +41,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reduce-range", action="store_true", help="7-bit weights (for CPUs without VNNI)")
     p.add_argument("--calibrate-method", default="minmax", choices=["minmax", "percentile", "entropy"],
                    help="how activation ranges are chosen (default minmax)")
+    p.add_argument("--quantize-head", action="store_true",
+                   help="quantize the final 1x1 head conv too (default: kept in float; it is cheap and its "
+                        "quantized logits cost argmax agreement)")
     p.set_defaults(func=run)
 
 
@@ -52,12 +55,22 @@ def checkpoint_dataset(ckpt: dict[str, Any]) -> str | None:
     return str(data) if data else None
 
 
-def _split(name: str, info: Any, split: str) -> Any:
+def _split(name: str, info: Any, split: str, ckpt_config: dict[str, Any] | None = None) -> Any:
+    """One split of a dataset, normalised with the model's mean/std.
+
+    For the checkpoint's own dataset the training run's ``seed``, ``val_fraction`` and ``data_options``
+    are reused, so the validation split is the one the model was validated on.
+    """
     from ..data import get_datasets
 
-    kwargs: dict[str, Any] = {"mean": info.mean, "std": info.std, "in_channels": info.in_channels}
+    kwargs: dict[str, Any] = {"mean": info.mean, "std": info.std, "in_channels": info.in_channels,
+                              "ignore_index": info.ignore_index}
     if name.lower() != "ct-chest":
         kwargs["num_classes"] = info.num_classes
+    cfg = ckpt_config or {}
+    if cfg.get("data") == name:
+        kwargs.update(seed=int(cfg.get("seed", 0)), val_fraction=float(cfg.get("val_fraction", 0.2)))
+        kwargs.update(cfg.get("data_options") or {})
     train, val = get_datasets(name, **kwargs)
     return train if split == "train" else val
 
@@ -68,7 +81,8 @@ def _evenly(n: int, k: int) -> list[int]:
     return sorted({round(i * (n - 1) / max(k - 1, 1)) for i in range(k)})
 
 
-def calibration_images(source: str, info: Any, samples: int) -> list[Any]:
+def calibration_images(source: str, info: Any, samples: int,
+                       ckpt_config: dict[str, Any] | None = None) -> list[Any]:
     """Normalised ``(C, H, W)`` tensors from a built-in dataset's training split or a folder of images."""
     from ..data import BUILTIN_DATASETS
     from ..data.io import IMAGE_EXTENSIONS, read_image
@@ -76,7 +90,7 @@ def calibration_images(source: str, info: Any, samples: int) -> list[Any]:
 
     path = Path(source)
     if source.lower() in BUILTIN_DATASETS or (path.is_dir() and (path / "images").is_dir()):
-        ds = _split(source, info, "train")
+        ds = _split(source, info, "train", ckpt_config)
         return [ds[i][0] for i in _evenly(len(ds), samples)]
     if not path.is_dir():
         raise CLIError(f"--calibration {source}: neither a built-in dataset ({', '.join(BUILTIN_DATASETS)}) "
@@ -113,13 +127,14 @@ def run(args: argparse.Namespace) -> int:
     if not args.int8:
         return 0
 
-    calib = calibration_images(calib_src, info, args.calib_samples)
+    ckpt_config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else None
+    calib = calibration_images(calib_src, info, args.calib_samples, ckpt_config)
     data_src = args.data or trained_on
     eval_data = None
     if data_src is None:
         print("no --data and the checkpoint names no dataset: INT8 accuracy report skipped")
     else:
-        val = _split(data_src, info, "val")
+        val = _split(data_src, info, "val", ckpt_config)
         if val is None:
             print(f"{data_src} has no validation split: INT8 accuracy report skipped")
         else:
@@ -127,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     int8_path = out.with_suffix(".int8.onnx")
     report = quantize_int8(out, int8_path, calib, eval_data=eval_data, quant_format=args.quant_format,
                            per_channel=not args.per_tensor, reduce_range=args.reduce_range,
-                           calibrate_method=args.calibrate_method)
+                           calibrate_method=args.calibrate_method, keep_head_fp32=not args.quantize_head)
     print(f"wrote {int8_path}: {report.convs_qdq + report.convs_qlinear} convs in INT8, {report.convs_float} in "
           f"float; calibrated on {len(calib)} image(s) of {calib_src}")
     if eval_data is not None:
