@@ -16,11 +16,11 @@ from unetkit.infer import (
     gaussian_weight,
     image_to_tensor,
     model_stride,
-    overlay,
     palette,
     predict,
     tile_starts,
 )
+from unetkit.viz import overlay
 
 COLORS = [(0, 0, 0), (230, 40, 40), (40, 180, 70)]
 

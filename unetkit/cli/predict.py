@@ -122,15 +122,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..data.io import read_image
-    from ..infer import (
-        image_to_tensor,
-        load_predictor,
-        overlay,
-        palette,
-        predict,
-        save_mask_png,
-        save_rgb_png,
-    )
+    from ..infer import image_to_tensor, load_predictor, palette, predict
+    from ..viz import overlay, save_mask_png, save_rgb_png
 
     if args.tile is not None and args.tile < 1:
         raise CLIError(f"--tile must be a positive size, got {args.tile}")

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from ..checkpoint import atomic_write
 from ..evaluate import EvalResult
+from ..viz import save_rgb_png
 
 CSV_COLUMNS = ("epoch", "train_loss", "val_loss", "val_miou", "val_dice", "val_pixel_accuracy", "lr", "seconds")
 
@@ -35,7 +35,7 @@ def write_metrics_csv(history: Sequence[dict[str, Any]], path: Path) -> None:
 
 
 def save_png(rgb: np.ndarray, path: Path) -> None:
-    atomic_write(path, lambda tmp: Image.fromarray(rgb).save(tmp, format="PNG"))
+    atomic_write(path, lambda tmp: save_rgb_png(rgb, tmp))
 
 
 def _figure_png(fig: Any) -> bytes:
