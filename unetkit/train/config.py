@@ -33,7 +33,7 @@ class TrainConfig:
     encoder: str = "plain"
     encoder_weights: str | None = None
     freeze_encoder: bool = False
-    base_channels: int = 32
+    base_channels: int = 16
     depth: int = 5
     upsample: str = "transpose"
     skip: str = "interpolate"
@@ -45,13 +45,13 @@ class TrainConfig:
     augment: bool = True
     hflip: float = 0.0
     vflip: float = 0.0
-    rotate: float = 10.0
-    scale: tuple[float, float] | None = (0.9, 1.1)
+    rotate: float = 0.0
+    scale: tuple[float, float] | None = None
     elastic: float = 0.0
     color_jitter: float = 0.1
     crop_size: int | None = None
     # optimisation
-    epochs: int = 60
+    epochs: int = 120
     batch_size: int = 4
     lr: float = 3e-3
     weight_decay: float = 1e-4
