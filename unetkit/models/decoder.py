@@ -38,7 +38,7 @@ def match_skip(up: torch.Tensor, skip: torch.Tensor, mode: str) -> tuple[torch.T
     the larger to the smaller. ``interpolate``: bilinear resize of ``up`` to the skip. ``pad``: zero-pad
     ``up`` to the skip (cropping it where it is larger). The last two keep the skip's full resolution.
     """
-    if up.shape[-2:] == skip.shape[-2:] and not exporting():
+    if not exporting() and up.shape[-2:] == skip.shape[-2:]:
         return up, skip
     (hu, wu), (hs, ws) = up.shape[-2:], skip.shape[-2:]
     if mode == "interpolate":

@@ -118,7 +118,7 @@ class UNet(nn.Module):
             out_size = main.shape[-2:]
             ups = [F.interpolate(a, size=out_size, mode="bilinear", align_corners=False) for a in aux]
             main = self.fusion(torch.cat([*ups, main], dim=1))
-        if self.padding == "same" and (main.shape[-2:] != size or exporting()):
+        if self.padding == "same" and (exporting() or main.shape[-2:] != size):
             main = F.interpolate(main, size=size, mode="bilinear", align_corners=False)
         if self.deep_supervision and self.training:
             return [main, *reversed(aux)]
