@@ -41,13 +41,7 @@ def save_ckpt(model: UNet, path, info: DataInfo | None = None):
     return path
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: one thread is as fast, and immune to OpenMP stalls when the CPU is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # ----------------------------------------------------------------------------------------- tiling maths
 def test_gaussian_weight_shape_peak_sigma_and_floor():

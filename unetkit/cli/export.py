@@ -61,17 +61,9 @@ def _split(name: str, info: Any, split: str, ckpt_config: dict[str, Any] | None 
     For the checkpoint's own dataset the training run's ``seed``, ``val_fraction`` and ``data_options``
     are reused, so the validation split is the one the model was validated on.
     """
-    from ..data import get_datasets
+    from ..checkpoint import checkpoint_datasets
 
-    kwargs: dict[str, Any] = {"mean": info.mean, "std": info.std, "in_channels": info.in_channels,
-                              "ignore_index": info.ignore_index}
-    if name.lower() != "ct-chest":
-        kwargs["num_classes"] = info.num_classes
-    cfg = ckpt_config or {}
-    if cfg.get("data") == name:
-        kwargs.update(seed=int(cfg.get("seed", 0)), val_fraction=float(cfg.get("val_fraction", 0.2)))
-        kwargs.update(cfg.get("data_options") or {})
-    train, val = get_datasets(name, **kwargs)
+    train, val = checkpoint_datasets({"data": info.to_dict(), "config": ckpt_config or {}}, name)
     return train if split == "train" else val
 
 
