@@ -10,6 +10,7 @@ import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -222,3 +223,25 @@ def test_info_and_data_export(tmp_path, capsys):
 def test_python_dash_m():
     r = subprocess.run([sys.executable, "-m", "unetkit", "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.startswith("unetkit ")
+
+
+def test_end_to_end_predict_after_train(trained, tmp_path):
+    """train -> evaluate (above) -> predict: the CLI's masks equal the model's argmax on the same image."""
+    from unetkit.checkpoint import checkpoint_datasets
+    from unetkit.viz import to_rgb8
+
+    model, info, ckpt = load_model(trained)
+    _, val = checkpoint_datasets(ckpt)
+    raw, _ = val.load_raw(0)
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(to_rgb8(raw)).save(src / "img.png")
+    out = tmp_path / "pred"
+    assert main(["predict", str(trained), str(src), "--out", str(out)]) == 0
+    mask = np.array(Image.open(out / "img_mask.png"))
+    x = (torch.from_numpy(np.array(Image.open(src / "img.png"))).permute(2, 0, 1).float() / 255
+         - torch.tensor(info.mean).view(-1, 1, 1)) / torch.tensor(info.std).view(-1, 1, 1)
+    with torch.inference_mode():
+        expected = model(x[None]).argmax(1)[0].numpy()
+    assert mask.shape == (48, 48) and (mask == expected).mean() > 0.999
+    assert (out / "img_overlay.png").is_file()
