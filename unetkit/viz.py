@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -78,7 +79,7 @@ def save_mask_png(labels: np.ndarray, colors: Sequence[Color], path: str | Path)
     im.save(path, format="PNG")
 
 
-def save_rgb_png(rgb: np.ndarray, path: str | Path) -> None:
+def save_rgb_png(rgb: np.ndarray, path: str | Path | BinaryIO) -> None:
     """Write an ``(H, W, 3)`` uint8 array as PNG."""
     from PIL import Image
 

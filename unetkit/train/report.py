@@ -38,6 +38,13 @@ def save_png(rgb: np.ndarray, path: Path) -> None:
     atomic_write(path, lambda tmp: save_rgb_png(rgb, tmp))
 
 
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """An ``(H, W, 3)`` uint8 array encoded as PNG, for inlining in the report."""
+    buf = io.BytesIO()
+    save_rgb_png(rgb, buf)
+    return buf.getvalue()
+
+
 def _figure_png(fig: Any) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")

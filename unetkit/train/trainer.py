@@ -35,7 +35,7 @@ from ..models import UNet
 from ..viz import sample_panel
 from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum, init_distributed
-from .report import save_png, write_metrics_csv, write_report
+from .report import curves_png, png_bytes, save_png, write_metrics_csv, write_report
 
 
 class TrainingError(RuntimeError):
@@ -370,7 +370,7 @@ class Trainer:
                 if improved:
                     save_checkpoint(state, self.run_dir / "best.pt")
                 write_metrics_csv(self.history, self.run_dir / "metrics.csv")
-                atomic_write(self.run_dir / "curves.png", lambda tmp: tmp.write_bytes(_curves(self.history)))
+                atomic_write(self.run_dir / "curves.png", lambda tmp: tmp.write_bytes(curves_png(self.history)))
                 panel = self.sample_png()
                 if panel is not None:
                     save_png(panel, self.run_dir / "samples" / f"epoch_{epoch + 1:03d}.png")
@@ -400,15 +400,7 @@ class Trainer:
         result = self.validate(boundary=self.cfg.boundary_f1)
         if self.dist.is_main:
             panel = self.sample_png()
-            samples = None
-            if panel is not None:
-                import io
-
-                from PIL import Image
-
-                buf = io.BytesIO()
-                Image.fromarray(panel).save(buf, format="PNG")
-                samples = buf.getvalue()
+            samples = png_bytes(panel) if panel is not None else None
             facts = {"data": self.cfg.data, "best epoch": f"{self.best_epoch} of {len(self.history)}",
                      "training time": f"{seconds / 60:.1f} min (this session)",
                      "model": self.describe().splitlines()[1].removeprefix("model ")}
@@ -417,12 +409,6 @@ class Trainer:
             atomic_write(self.run_dir / "metrics.json",
                          lambda tmp: tmp.write_text(json.dumps(result.to_json(), indent=2)))
         return result
-
-
-def _curves(history: list[dict[str, Any]]) -> bytes:
-    from .report import curves_png
-
-    return curves_png(history)
 
 
 def fit(cfg: TrainConfig | None = None, *, resume: str | Path | None = None, progress: bool = True,
