@@ -65,7 +65,7 @@ HELP: dict[str, dict[str, str]] = {
         "deterministic": "deterministic kernels (slower on GPU)",
         "device": "auto, cpu, cuda or cuda:N",
         "num_workers": "data-loading processes (default: 0 on CPU, 4 on GPU)",
-        "channels_last": "NHWC memory layout (faster on recent GPUs)",
+        "channels_last": "NHWC memory layout (measured faster for training on CPU, as on recent GPUs)",
         "sync_bn": "synchronise BatchNorm statistics across processes (DDP)",
     },
     "outputs": {

@@ -70,7 +70,7 @@ class TrainConfig:
     deterministic: bool = False
     device: str = "auto"
     num_workers: int | None = None
-    channels_last: bool = False
+    channels_last: bool = True
     sync_bn: bool = False
     # outputs
     out: str | None = None
