@@ -37,6 +37,10 @@ from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum, init_distributed
 from .report import curves_png, png_bytes, save_png, write_metrics_csv, write_report
 
+#: Seconds between redraws of ``curves.png`` during a run (drawing costs about 0.2 s; the demo's epochs
+#: take about 1 s). It is always redrawn at the end.
+CURVES_EVERY_S = 10.0
+
 
 class TrainingError(RuntimeError):
     """The run cannot go on (e.g. the loss became NaN); the message says what to change."""
@@ -160,15 +164,20 @@ def _unwrap(model: nn.Module) -> UNet:
 class Trainer:
     """Holds a run's state; :meth:`run` trains epoch by epoch. Most users call :func:`fit`."""
 
-    def __init__(self, cfg: TrainConfig, *, resume: str | Path | None = None, progress: bool = True,
-                 log: Callable[[str], None] = print) -> None:
+    def __init__(self, cfg: TrainConfig | None = None, *, resume: str | Path | None = None,
+                 progress: bool = True, log: Callable[[str], None] = print) -> None:
+        ckpt = None
+        if resume is not None:  # the saved config, except that cfg.epochs may extend the run
+            ckpt = read_checkpoint(Path(resume) / "last.pt" if Path(resume).is_dir() else resume)
+            saved = TrainConfig.from_dict(ckpt["config"])
+            if cfg is not None:
+                saved.epochs = cfg.epochs
+            cfg = saved
+            cfg.out = str(Path(ckpt["path"]).parent)
+        cfg = cfg or TrainConfig()
         self.dist: DistInfo = init_distributed(cfg.device)
         self.progress = progress
         self._log = log
-        ckpt = None
-        if resume is not None:
-            ckpt = read_checkpoint(Path(resume) / "last.pt" if Path(resume).is_dir() else resume)
-            cfg.out = str(Path(ckpt["path"]).parent)
         self.cfg = cfg
         seed_everything(cfg.seed + self.dist.rank, cfg.deterministic)
         dev = self.dist.device
@@ -229,6 +238,7 @@ class Trainer:
             if self.dist.is_main:
                 set_rng_state(ckpt["rng"])
         self.run_dir = Path(cfg.out) if cfg.out else default_run_dir()
+        self._curves_written = -math.inf
         n = len(self.val_ds)
         self.sample_idx = sorted({round(i * (n - 1) / max(1, cfg.samples - 1)) for i in range(cfg.samples)}) \
             if cfg.samples > 0 else []
@@ -370,7 +380,8 @@ class Trainer:
                 if improved:
                     save_checkpoint(state, self.run_dir / "best.pt")
                 write_metrics_csv(self.history, self.run_dir / "metrics.csv")
-                atomic_write(self.run_dir / "curves.png", lambda tmp: tmp.write_bytes(curves_png(self.history)))
+                if time.monotonic() - self._curves_written >= CURVES_EVERY_S:
+                    self.write_curves()
                 panel = self.sample_png()
                 if panel is not None:
                     save_png(panel, self.run_dir / "samples" / f"epoch_{epoch + 1:03d}.png")
@@ -386,9 +397,16 @@ class Trainer:
                          epochs_run=len(self.history), history=self.history, final=final,
                          stopped_early=stopped_early)
 
+    def write_curves(self) -> None:
+        """Redraw ``curves.png`` (about 0.2 s, so :meth:`run` does it at most every ``CURVES_EVERY_S``)."""
+        atomic_write(self.run_dir / "curves.png", lambda tmp: tmp.write_bytes(curves_png(self.history)))
+        self._curves_written = time.monotonic()
+
     def finish(self, seconds: float) -> EvalResult | None:
         """Evaluate the best checkpoint (with Boundary F1) and write ``report.html`` and ``metrics.json``."""
         best = self.run_dir / "best.pt"
+        if self.dist.is_main and self.history:
+            self.write_curves()
         if self.dist.enabled:
             import torch.distributed as dist
 
@@ -418,10 +436,4 @@ def fit(cfg: TrainConfig | None = None, *, resume: str | Path | None = None, pro
     ``resume``: a run directory (or its ``last.pt``) to continue; its saved config is used, except that
     ``cfg.epochs`` (when ``cfg`` is given) may extend the run.
     """
-    if resume is not None:
-        saved = read_checkpoint(Path(resume) / "last.pt" if Path(resume).is_dir() else resume)
-        resumed = TrainConfig.from_dict(saved["config"])
-        if cfg is not None:
-            resumed.epochs = cfg.epochs
-        cfg = resumed
-    return Trainer(cfg or TrainConfig(), resume=resume, progress=progress, log=log).run()
+    return Trainer(cfg, resume=resume, progress=progress, log=log).run()
