@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         model, info = train_model(args.steps, args.base_channels, args.depth)
         train_s = time.perf_counter() - t0
         source = f"trained here: {args.steps} steps, {train_s:.0f} s"
-        save_checkpoint({"model": model.state_dict(), "model_config": model.config, "data": info.to_dict(),
+        save_checkpoint({"model": model.state_dict(), "model_config": model.config.to_dict(), "data": info.to_dict(),
                          "config": {"data": "ct-chest"}}, out_dir / "model.pt")
     params = sum(p.numel() for p in model.parameters())
     train, val = get_datasets("ct-chest", mean=info.mean, std=info.std)
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
 
     env = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {args.threads} threads, "
            f"torch {torch.__version__}, onnxruntime {ort.__version__}, Python {platform.python_version()}")
-    header = (f"UNet base_channels={model.config['base_channels']} depth={model.config['depth']} "
+    header = (f"UNet base_channels={model.config.base_channels} depth={model.config.depth} "
               f"({params / 1e6:.2f} M parameters), {source}; batch 1, median of {args.repeats} after "
               f"{args.warmup} warm-up; {env}")
     print()
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"goal (default INT8 >= 1.8x ORT fp32 at every size, mIoU drop <= 0.5 points): {'met' if met else 'NOT met'}")
     result = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-              "model_config": model.config, "parameters": params, "source": source, "environment": env,
+              "model_config": model.config.to_dict(), "parameters": params, "source": source, "environment": env,
               "sizes": args.sizes, "repeats": args.repeats, "warmup": args.warmup, "rows": rows,
               "goal_met": met, "table": table}
     json_path = Path(args.json) if args.json else out_dir / "bench_export.json"

@@ -36,7 +36,7 @@ class CapturingTrainer(Trainer):
 def main() -> None:
     out, epochs = Path(sys.argv[1]), int(sys.argv[2])
     resume = out if len(sys.argv) > 3 and sys.argv[3] == "resume" else None
-    cfg = TrainConfig(**TINY, out=str(out), epochs=epochs)
+    cfg = TrainConfig.from_dict({**TINY, "out": str(out), "epochs": epochs})
     CapturingTrainer(cfg, resume=resume, progress=False, log=print).run()
     cleanup_distributed()
 

@@ -88,7 +88,7 @@ def test_export_round_trip_two_sizes_and_metadata(trained, exported):
     meta_info, cfg = read_onnx_metadata(path)
     assert meta_info == info
     assert meta_info.class_names[5] == "right lung" and meta_info.class_colors[5] == (30, 110, 230)
-    assert cfg == model.config
+    assert cfg == model.config.to_dict()
     assert UNet.from_config(cfg).config == model.config
     props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert props["in_channels"] == "1" and props["num_classes"] == "8"
@@ -197,7 +197,7 @@ def ckpt_and_images(trained, ct, tmp_path_factory):
     _, val = ct
     d = tmp_path_factory.mktemp("cli")
     ckpt = d / "run" / "best.pt"
-    save_checkpoint({"model": model.state_dict(), "model_config": model.config, "data": info.to_dict(),
+    save_checkpoint({"model": model.state_dict(), "model_config": model.config.to_dict(), "data": info.to_dict(),
                      "config": {"data": "ct-chest"}}, ckpt)
     images = d / "images"
     images.mkdir()

@@ -31,13 +31,13 @@ def tiny(in_channels: int = 1, num_classes: int = 3, depth: int = 2) -> UNet:
 
 
 def info_for(model: UNet, mean: float = 0.4, std: float = 0.25) -> DataInfo:
-    c, n = model.config["in_channels"], model.config["num_classes"]
+    c, n = model.config.in_channels, model.config.num_classes
     return DataInfo(n, c, [f"c{i}" for i in range(n)], COLORS[:n], (mean,) * c, (std,) * c)
 
 
 def save_ckpt(model: UNet, path, info: DataInfo | None = None):
     info = info or info_for(model)
-    save_checkpoint({"model": model.state_dict(), "model_config": model.config, "data": info.to_dict()}, path)
+    save_checkpoint({"model": model.state_dict(), "model_config": model.config.to_dict(), "data": info.to_dict()}, path)
     return path
 
 

@@ -25,7 +25,7 @@ TINY = dict(data="shapes", base_channels=4, depth=3, batch_size=4, samples=2,
 
 
 def tiny_cfg(out: Path, **kw) -> TrainConfig:
-    return TrainConfig(**{**TINY, "out": str(out), "epochs": 2, **kw})
+    return TrainConfig.from_dict({**TINY, "out": str(out), "epochs": 2, **kw})
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -49,7 +49,7 @@ class _Tags(HTMLParser):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run") / "run"
-    fit(TrainConfig(**{**TINY, "out": str(out), "epochs": 2}), progress=False, log=lambda s: None)
+    fit(tiny_cfg(out), progress=False, log=lambda s: None)
     return out
 
 
@@ -203,7 +203,7 @@ def test_cli_train_with_config_and_flags(tmp_path, capsys):
     assert main(["train", "--config", str(cfg), "--epochs", "1", "--out", str(out), "--quiet",
                  "--no-boundary-f1"]) == 0
     saved = read_checkpoint(out / "last.pt")["config"]
-    assert saved["epochs"] == 1 and saved["base_channels"] == 4  # the flag won over the file
+    assert saved["epochs"] == 1 and saved["model"]["base_channels"] == 4  # the flag won over the file
     assert "report: " in capsys.readouterr().out
     model, info, _ = load_model(out)
     assert info.num_classes == 4 and model(torch.zeros(1, 3, 32, 32)).shape == (1, 4, 32, 32)

@@ -1,6 +1,6 @@
 """unetkit: a UNet semantic-segmentation toolkit for PyTorch."""
 
-from .models import UNet, summary
+from .models import UNet, UNetConfig, summary
 
 __version__ = "0.1.0"
-__all__ = ["UNet", "summary", "__version__"]
+__all__ = ["UNet", "UNetConfig", "summary", "__version__"]

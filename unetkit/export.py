@@ -28,7 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, DataInfo, atomic_write
+from .atomic import atomic_write
+from .checkpoint import CheckpointError, DataInfo
 
 #: ``metadata_props`` keys written by :func:`export_onnx` (values are JSON strings).
 METADATA_KEYS: tuple[str, ...] = ("unetkit_version", "num_classes", "in_channels", "class_names", "class_colors",
@@ -174,7 +175,8 @@ def export_onnx(model: nn.Module, data_info: DataInfo, path: str | Path, opset: 
         device = next(model.parameters()).device
         example = torch.randn(1, data_info.in_channels, 64, 64, device=device)
         proto = _to_proto(model, example, opset, dynamo)
-        set_metadata(proto, onnx_metadata(data_info, getattr(model, "config", None)))
+        config = getattr(model, "config", None)
+        set_metadata(proto, onnx_metadata(data_info, config.to_dict() if config is not None else None))
         onnx.checker.check_model(proto)
         data = proto.SerializeToString()
         sess = _session(data)

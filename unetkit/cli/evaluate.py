@@ -8,9 +8,10 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import atomic_write, checkpoint_datasets, load_model
+from ..atomic import atomic_write
+from ..checkpoint import checkpoint_datasets, load_model
+from ..device import resolve_device
 from ..evaluate import evaluate
-from ..train.distributed import resolve_device
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..models import UNet, summary
+from .options import add_model_options, model_config_from_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -15,13 +16,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", nargs="?", metavar="RUN_DIR|CKPT", help="summarise this trained model")
     p.add_argument("--encoders", action="store_true",
                    help="list encoders: parameters, stage channels, reductions, ImageNet weights cached?")
-    p.add_argument("--encoder", default="plain", help="encoder of the model to summarise")
-    p.add_argument("--num-classes", type=int, default=2)
-    p.add_argument("--in-channels", type=int, default=3)
-    p.add_argument("--base-channels", type=int, default=64)
-    p.add_argument("--depth", type=int, default=5)
     p.add_argument("--size", type=int, nargs="+", default=[256], metavar="PX",
                    help="input height (and width) for the summary")
+    add_model_options(p, suppress=False, title="model (when no checkpoint is given)")
     p.set_defaults(func=run)
 
 
@@ -38,9 +35,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{ckpt['path']}: {info.num_classes} classes ({', '.join(info.class_names)}), "
               f"{info.in_channels} input channel(s)")
     else:
-        model = UNet(num_classes=args.num_classes, in_channels=args.in_channels, encoder=args.encoder,
-                     base_channels=args.base_channels, depth=args.depth)
+        model = UNet(model_config_from_args(args))
     h = args.size[0]
     w = args.size[1] if len(args.size) > 1 else h
-    summary(model, (1, model.config["in_channels"], h, w))
+    summary(model, (1, model.config.in_channels, h, w))
     return 0

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import atomic_write
+from ..atomic import atomic_write
 from .main import CLIError
 
 GLOB_CHARS = set("*?[")
@@ -94,16 +94,6 @@ def check_outputs(inputs: list[Path], out: Path) -> None:
         stems[f.stem] = f
 
 
-def resolve_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise CLIError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return name
-
-
 def _precheck_channels(inputs: list[Path], in_channels: int) -> None:
     """Header-only look at every input, so a channel mismatch stops the run before anything is written."""
     from ..data.io import read_image_info
@@ -138,6 +128,8 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out} exists and is not a folder")
     check_outputs(inputs, out)
+    from ..device import resolve_device
+
     device = resolve_device(args.device)
     model, info = load_predictor(args.model, device)
     _precheck_channels(inputs, info.in_channels)

@@ -15,9 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import DoubleConv
-
-UPSAMPLE_MODES = ("transpose", "bilinear", "pixelshuffle")
-SKIP_MODES = ("crop", "pool", "interpolate", "pad")
+from .config import SKIP_MODES, UPSAMPLE_MODES
 
 
 def exporting() -> bool:

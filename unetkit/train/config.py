@@ -1,17 +1,34 @@
-"""Training configuration: one flat dataclass, readable from YAML and overridable by CLI flags.
+"""Training configuration: one dataclass, read from YAML, overridden by CLI flags, completed by the plan.
 
-The defaults are the ``unetkit train`` demo: a compact plain UNet trained from scratch on the embedded
-``ct-chest`` CT, tuned to finish in a few minutes on two CPU cores (see the README for what it reaches).
+Options left at ``None`` where the help says "planned" are decided from the data by
+:func:`unetkit.plan.make_plan` (patch and batch size, network depth and width, normalisation, foreground
+sampling, loss, class weights, training length, validation schedule); any value given here wins over the
+plan. The model's options are one :class:`unetkit.UNetConfig` under ``model``. Help text and allowed
+values live in each field's metadata, so the ``unetkit train`` flags are generated from this file.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from ..models.config import UNetConfig, option
+from ..models.config import field_names as model_field_names
+
+NORMALIZATIONS = ("zscore", "percentile", "imagenet")
+LOSSES = ("ce", "dice", "ce+dice", "bce", "bce+dice", "focal", "tversky")
+#: Model fields that come from the data, not from model flags (``num_classes``, ``in_channels``).
+DATA_MODEL_FIELDS = ("num_classes", "in_channels")
+#: The ``--help`` groups: the first field of each group and its title, in field order.
+GROUPS = {"data": "data", "model": "model", "patch_size": "plan (decided from the data unless given)",
+          "augment": "augmentation (training only)", "lr": "optimisation",
+          "seed": "hardware and reproducibility", "out": "outputs"}
 
 
 @dataclass
@@ -19,82 +36,118 @@ class TrainConfig:
     """Everything a run needs; saved as ``config.yaml`` in the run directory and in every checkpoint.
 
     ``data_options`` go to the built-in dataset (e.g. ``{"size": 64, "num_samples": 32}`` for ``shapes``).
-    Model fields are passed to :class:`unetkit.UNet`; data fields to :func:`unetkit.data.get_datasets`;
-    augmentation fields to :class:`unetkit.data.AugmentConfig` (``augment=False`` turns them all off).
+    Augmentation fields go to :class:`unetkit.data.AugmentConfig` (``augment=False`` turns them all off).
     """
 
     # data
-    data: str = "ct-chest"
-    num_classes: int | None = None
-    in_channels: int | None = None
-    ignore_index: int = 255
-    val_fraction: float = 0.2
+    data: str = option("ct-chest", "a built-in dataset (ct-chest, shapes) or a folder with images/ and masks/")
+    num_classes: int | None = option(None, "number of classes (default: from the masks or classes.yaml)")
+    in_channels: int | None = option(None, "image channels (default: from the images)")
+    ignore_index: int = option(255, "mask value excluded from loss and metrics")
+    val_fraction: float = option(0.2, "fraction held out for validation when the folder has no val/")
     # model
-    encoder: str = "plain"
-    encoder_weights: str | None = None
-    freeze_encoder: bool = False
-    base_channels: int = 16
-    depth: int = 5
-    upsample: str = "transpose"
-    skip: str = "interpolate"
-    norm: str = "batch"
-    attention: str | None = None
-    deep_supervision: bool = False
-    multiscale_fusion: bool = False
+    model: UNetConfig = field(default_factory=UNetConfig, metadata={"help": "the model's options"})
+    # plan: None = decided from the data
+    patch_size: tuple[int, int] | None = option(None, "training patch size, one or two numbers (H W) "
+                                                      "(default: planned)")
+    batch_size: int | None = option(None, "patches per step per process (default: planned)")
+    normalization: str | None = option(None, "zscore (dataset mean/std), percentile (clip to the 0.5-99.5 "
+                                             "percentiles, then z-score) or imagenet (default: planned)",
+                                       (None, *NORMALIZATIONS))
+    foreground_fraction: float | None = option(None, "share of patches centred on a foreground pixel "
+                                                     "(default: planned)")
+    time: str | None = option(None, "time budget for the whole run, e.g. 90s, 10m, 2h (default: planned "
+                                    "length, capped at 30m on a CPU)")
+    epochs: int | None = option(None, "train this many epochs exactly (an epoch covers every training "
+                                      "image's area once) instead of a planned length")
+    val_every: int | None = option(None, "validate every N epochs, and always at the end (default: planned)")
+    loss: str | None = option(None, "loss (default: planned; ce+dice, or bce+dice for one output channel)",
+                              (None, *LOSSES))
+    class_weights: list[float] | None = option(None, "per-class loss weights (CE weight / focal alpha / BCE "
+                                                     "pos_weight) (default: planned)")
     # augmentation (training split only)
-    augment: bool = True
-    hflip: float = 0.0
-    vflip: float = 0.0
-    rotate: float = 0.0
-    scale: tuple[float, float] | None = None
-    elastic: float = 0.0
-    color_jitter: float = 0.1
-    crop_size: int | None = None
+    augment: bool = option(True, "turn all augmentation on/off")
+    hflip: float = option(0.0, "probability of a horizontal flip (off by default: it swaps left and right "
+                               "anatomy)")
+    vflip: float = option(0.0, "probability of a vertical flip")
+    rotate: float = option(0.0, "maximum rotation in degrees")
+    scale: tuple[float, float] | None = option(None, "zoom range, two numbers")
+    elastic: float = option(0.0, "probability of an elastic deformation")
+    color_jitter: float = option(0.1, "brightness/contrast jitter strength")
     # optimisation
-    epochs: int = 120
-    batch_size: int = 4
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    optimizer: str = "adamw"
-    scheduler: str = "cosine"
-    warmup_epochs: int = 1
-    plateau_patience: int = 5
-    loss: str = "ce+dice"
-    class_weights: list[float] | None = None
-    grad_clip: float | None = 1.0
-    grad_accum: int = 1
-    amp: str = "auto"
-    early_stopping: int | None = None
+    lr: float = option(3e-3, "peak learning rate")
+    weight_decay: float = option(1e-4, "weight decay")
+    optimizer: str = option("adamw", "optimizer", ("adamw", "adam", "sgd"))
+    scheduler: str = option("cosine", "cosine, poly, plateau (halve on a val-mIoU plateau) or none",
+                            ("cosine", "poly", "plateau", "none"))
+    warmup_epochs: int = option(1, "linear warm-up epochs (cosine/poly)")
+    plateau_patience: int = option(5, "validations without improvement before the plateau scheduler halves "
+                                      "the lr")
+    grad_clip: float | None = option(1.0, "clip the gradient norm to this (0 disables)")
+    grad_accum: int = option(1, "accumulate gradients over this many batches")
+    amp: str = option("auto", "mixed precision: auto (bf16/fp16 on CUDA, fp32 on CPU), off, fp16 or bf16",
+                      ("auto", "off", "fp16", "bf16"))
+    early_stopping: int | None = option(None, "stop after this many validations without a better val mIoU")
     # reproducibility and hardware
-    seed: int = 0
-    deterministic: bool = False
-    device: str = "auto"
-    num_workers: int | None = None
-    channels_last: bool = True
-    sync_bn: bool = False
+    seed: int = option(0, "random seed")
+    deterministic: bool = option(False, "deterministic kernels (slower on GPU)")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    num_workers: int | None = option(None, "data-loading processes (default: 0 on CPU, 4 on GPU)")
+    channels_last: bool = option(True, "NHWC memory layout (measured faster for training on CPU, as on recent "
+                                       "GPUs)")
+    sync_bn: bool = option(False, "synchronise BatchNorm statistics across processes (DDP)")
     # outputs
-    out: str | None = None
-    samples: int = 4
-    boundary_f1: bool = True
-    data_options: dict[str, Any] = field(default_factory=dict)
+    out: str | None = option(None, "run directory (default: runs/<timestamp>)")
+    samples: int = option(4, "validation images drawn in samples/epoch_XXX.png")
+    boundary_f1: bool = option(True, "compute Boundary F1 for the final report")
+    data_options: dict[str, Any] = field(default_factory=dict, metadata={"help": "options of a built-in dataset"})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, dict):
+            self.model = UNetConfig.from_dict(self.model)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        if d["scale"] is not None:
-            d["scale"] = list(d["scale"])
+        d["model"] = self.model.to_dict()
+        for name in ("scale", "patch_size"):
+            if d[name] is not None:
+                d[name] = list(d[name])
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "config") -> TrainConfig:
-        """Build from a dict (e.g. a YAML file); unknown keys are an error naming them and the file."""
+        """Build from a mapping (e.g. a YAML file), checking every option's type and range.
+
+        Model options may be given flat (``encoder: vgg16``, as flags are) or under ``model:``. Errors name
+        the option and ``where`` (the file).
+        """
+        d = dict(d)
+        if "crop_size" in d:  # configs of earlier versions: a random crop is now a training patch
+            crop = d.pop("crop_size")
+            d.setdefault("patch_size", crop)
+        model = d.pop("model", None) or {}
+        if not isinstance(model, dict):
+            raise ValueError(f"{where}: 'model' must be a mapping of model options")
+        model = dict(model)
+        for name in model_field_names():
+            if name in d and name not in DATA_MODEL_FIELDS:
+                model[name] = d.pop(name)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"{where}: unknown option(s) {', '.join(unknown)}; see 'unetkit train --help'")
-        d = dict(d)
-        if d.get("scale") is not None:
-            d["scale"] = tuple(float(v) for v in d["scale"])
-        return cls(**d)
+        hints = typing.get_type_hints(cls)
+        values = {k: check_value(k, v, hints[k], where) for k, v in d.items() if k != "data_options"}
+        if "data_options" in d:
+            if not isinstance(d["data_options"] or {}, dict):
+                raise ValueError(f"{where}: data_options must be a mapping")
+            values["data_options"] = dict(d["data_options"] or {})
+        mhints = typing.get_type_hints(UNetConfig)
+        model = {k: check_value(k, v, mhints[k], where) if k in mhints else v for k, v in model.items()}
+        values["model"] = UNetConfig.from_dict(model, where)
+        cfg = cls(**values)
+        cfg.validate(where)
+        return cfg
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
@@ -109,9 +162,95 @@ class TrainConfig:
             raise ValueError(f"{p}: expected a mapping of option: value")
         return cls.from_dict(d, where=str(p))
 
-    def model_kwargs(self, num_classes: int, in_channels: int) -> dict[str, Any]:
-        return dict(num_classes=num_classes, in_channels=in_channels, encoder=self.encoder,
-                    encoder_weights=self.encoder_weights, freeze_encoder=self.freeze_encoder,
-                    base_channels=self.base_channels, depth=self.depth, upsample=self.upsample,
-                    skip=self.skip, norm=self.norm, attention=self.attention,
-                    deep_supervision=self.deep_supervision, multiscale_fusion=self.multiscale_fusion)
+    def validate(self, where: str = "config") -> None:
+        """Range checks that types alone do not catch; errors name the option and ``where``."""
+        positive = ("batch_size", "epochs", "val_every", "grad_accum", "num_classes", "in_channels")
+        for name in positive:
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"{where}: {name} must be >= 1, not {v}")
+        for name in ("hflip", "vflip", "elastic", "foreground_fraction"):
+            v = getattr(self, name)
+            if v is not None and not 0.0 <= v <= 1.0:
+                raise ValueError(f"{where}: {name} is a probability in [0, 1], not {v}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"{where}: val_fraction must be in [0, 1), not {self.val_fraction}")
+        for name in ("lr", "weight_decay", "rotate", "color_jitter", "warmup_epochs", "plateau_patience",
+                     "samples"):
+            if getattr(self, name) < 0 or (name == "lr" and self.lr == 0):
+                raise ValueError(f"{where}: {name} must be {'> 0' if name == 'lr' else '>= 0'}, "
+                                 f"not {getattr(self, name)}")
+        if self.patch_size is not None:
+            ps = tuple(int(v) for v in self.patch_size)
+            if len(ps) == 1:
+                ps = (ps[0], ps[0])
+            if len(ps) != 2 or min(ps) < 1:
+                raise ValueError(f"{where}: patch_size takes one or two positive numbers, not {self.patch_size}")
+            self.patch_size = ps  # type: ignore[assignment]
+        if self.time is not None:
+            parse_duration(self.time, where)
+        if self.early_stopping is not None and self.early_stopping < 1:
+            raise ValueError(f"{where}: early_stopping must be >= 1, not {self.early_stopping}")
+        if self.scale is not None and (len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]):
+            raise ValueError(f"{where}: scale takes two numbers 0 < low <= high, not {self.scale}")
+
+
+def parse_duration(text: str | float | int, where: str = "time") -> float:
+    """Seconds in ``"90s"``, ``"10m"``, ``"2h"``, ``"1h30m"`` or a plain number of seconds."""
+    s = str(text).strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", s):
+        seconds = float(s)
+    else:
+        parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", s)
+        if not parts or re.sub(r"(\d+(?:\.\d+)?)\s*([hms])", "", s).strip():
+            raise ValueError(f"{where}: time {text!r} is not a duration; write e.g. 90s, 10m, 2h or 1h30m")
+        seconds = sum(float(v) * {"h": 3600, "m": 60, "s": 1}[u] for v, u in parts)
+    if seconds <= 0:
+        raise ValueError(f"{where}: time must be positive, not {text!r}")
+    return seconds
+
+
+def check_value(name: str, value: Any, hint: Any, where: str) -> Any:
+    """``value`` converted to ``hint`` (int, float, str, bool, tuple/list of numbers, optional of those).
+
+    Raises ``ValueError`` naming ``name`` and ``where`` for a value of the wrong kind (e.g. ``epochs: abc``).
+    """
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null")):
+        if optional:
+            return None
+        raise ValueError(f"{where}: {name} needs a value, not None")
+    base = next((a for a in args if a is not type(None)), hint) if optional else hint
+    origin = typing.get_origin(base)
+    kind = "true or false" if base is bool else getattr(base, "__name__", str(base))
+    try:
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off"):
+                return value.lower() in ("true", "yes", "on")
+            raise TypeError
+        if base is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise TypeError
+            return int(value)
+        if base is float:
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if base is str:
+            if not isinstance(value, str):
+                raise TypeError
+            return value
+        if origin in (tuple, list):
+            item = typing.get_args(base)[0]
+            items = value if isinstance(value, (list, tuple)) else [value]
+            conv = [check_value(name, v, item, where) for v in items]
+            kind = f"a list of {item.__name__}"
+            return tuple(conv) if origin is tuple else conv
+    except (TypeError, ValueError) as e:
+        if isinstance(e, ValueError) and str(e).startswith(where):
+            raise
+        raise ValueError(f"{where}: {name} must be {kind}, not {value!r}") from None
+    return value

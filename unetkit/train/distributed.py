@@ -17,6 +17,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from ..device import resolve_device
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -34,19 +36,6 @@ class DistInfo:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``"auto"``: this process's GPU when CUDA is available, else the CPU; otherwise ``name`` as given."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("device 'cuda' requested but CUDA is not available; use --device cpu")
-        device = torch.device("cuda", local_rank if device.index is None else device.index)
-        torch.cuda.set_device(device)
-    return device
 
 
 def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistInfo:

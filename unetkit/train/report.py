@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..checkpoint import atomic_write
+from ..atomic import atomic_write
 from ..evaluate import EvalResult
 from ..viz import save_rgb_png
 

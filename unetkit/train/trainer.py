@@ -27,7 +27,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from ..checkpoint import DataInfo, atomic_write, read_checkpoint, save_checkpoint
+from ..atomic import atomic_write
+from ..checkpoint import DataInfo, read_checkpoint, save_checkpoint
 from ..data import AugmentConfig, SegmentationDataset, get_datasets
 from ..evaluate import EvalResult, evaluate
 from ..losses import DeepSupervisionLoss, build_loss
@@ -149,7 +150,7 @@ def augment_config(cfg: TrainConfig) -> AugmentConfig | None:
     if not cfg.augment:
         return None
     return AugmentConfig(hflip=cfg.hflip, vflip=cfg.vflip, rotate=cfg.rotate, scale=cfg.scale,
-                         elastic=cfg.elastic, color_jitter=cfg.color_jitter, crop_size=cfg.crop_size)
+                         elastic=cfg.elastic, color_jitter=cfg.color_jitter, crop_size=cfg.patch_size)
 
 
 def default_run_dir() -> Path:
@@ -175,6 +176,12 @@ class Trainer:
             cfg = saved
             cfg.out = str(Path(ckpt["path"]).parent)
         cfg = cfg or TrainConfig()
+        # Interim: the previous fixed defaults until the planner decides them.
+        cfg.epochs = cfg.epochs or 120
+        cfg.batch_size = cfg.batch_size or 4
+        cfg.loss = cfg.loss or "ce+dice"
+        if cfg.model.base_channels is None:
+            cfg.model = cfg.model.replace(base_channels=16)
         self.dist: DistInfo = init_distributed(cfg.device)
         self.progress = progress
         self._log = log
@@ -195,7 +202,7 @@ class Trainer:
         self.val_ds: SegmentationDataset = val_ds
         ds = self.train_ds
 
-        model = UNet(**cfg.model_kwargs(ds.num_classes, ds.in_channels))
+        model = UNet(cfg.model.replace(num_classes=ds.num_classes, in_channels=ds.in_channels))
         if model.encoder.mean is not None and ckpt is None:  # pretrained encoder: its normalisation
             for d in (self.train_ds, self.val_ds):
                 d.set_normalization(model.encoder.mean, model.encoder.std)
@@ -212,7 +219,7 @@ class Trainer:
             self.model = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
 
         self.eval_loss = build_loss(cfg.loss, ds.num_classes, cfg.ignore_index, cfg.class_weights)
-        self.loss = DeepSupervisionLoss(self.eval_loss) if cfg.deep_supervision else self.eval_loss
+        self.loss = DeepSupervisionLoss(self.eval_loss) if cfg.model.deep_supervision else self.eval_loss
         self.amp_dtype = resolve_amp(cfg.amp, dev)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
 
@@ -253,7 +260,7 @@ class Trainer:
         return torch.autocast(dev, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
     def checkpoint_state(self, epoch: int) -> dict[str, Any]:
-        return {"model": _unwrap(self.model).state_dict(), "model_config": _unwrap(self.model).config,
+        return {"model": _unwrap(self.model).state_dict(), "model_config": _unwrap(self.model).config.to_dict(),
                 "data": self.data_info.to_dict(), "config": self.cfg.to_dict(), "epoch": epoch,
                 "best_miou": self.best_miou, "best_epoch": self.best_epoch, "history": self.history,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
@@ -265,7 +272,7 @@ class Trainer:
         params = sum(p.numel() for p in m.parameters())
         amp = "fp32" if self.amp_dtype is None else str(self.amp_dtype).replace("torch.", "")
         return (f"data {cfg.data}: {len(ds)} train / {len(self.val_ds)} val images, {ds.num_classes} classes, "
-                f"{ds.in_channels} channel(s)\nmodel UNet({cfg.encoder}, base {cfg.base_channels}, depth {cfg.depth})"
+                f"{ds.in_channels} channel(s)\nmodel UNet({m.config.encoder}, base {m.config.base_channels}, depth {m.config.depth})"
                 f": {params / 1e6:.2f}M parameters on {self.dist.device} ({amp})"
                 f"{f', {w} processes' if w > 1 else ''}\nglobal batch {cfg.batch_size * w * cfg.grad_accum} "
                 f"(= {cfg.batch_size}/process x {w} x {cfg.grad_accum} accumulation), lr {cfg.lr:g} "

@@ -1,0 +1,83 @@
+"""Atomic file writing: a temporary file next to the target, renamed over it only when complete.
+
+Every file unetkit writes (checkpoints, reports, metrics, exported models, predicted masks) goes through
+:func:`atomic_write`, so a crash, a kill or a full disk never leaves a half-written file under the
+target's name: the old file (if any) survives intact.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+#: Prefix and suffix of the temporary files, so stale ones from killed runs can be found and removed.
+TMP_PREFIX, TMP_SUFFIX = ".", ".tmp"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it over ``path``.
+
+    A crash mid-write leaves the old file intact (the rename is atomic on POSIX and Windows). The file
+    gets the permissions a plain ``open(path, "w")`` would (``0o666`` less the umask), not the private
+    ``0o600`` of the temporary file. Errors name ``path``, not the temporary file.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    except OSError as e:
+        raise OSError(e.errno, f"{path}: cannot write here ({e.strerror}); choose a writable location") from e
+    os.close(fd)
+    try:
+        try:
+            write(Path(tmp))
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, path)
+        except OSError as e:
+            raise _named(e, path) from e
+        except RuntimeError as e:  # torch.save reports a full disk as a RuntimeError from its zip writer
+            if _disk_full(path):
+                raise OSError(errno.ENOSPC, f"{path}: no space left on device; free some space and "
+                                            "run again (the previous file, if any, is intact)") from e
+            raise
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _named(e: OSError, path: Path) -> OSError:
+    if e.errno == errno.ENOSPC:
+        return OSError(e.errno, f"{path}: no space left on device; free some space and run again "
+                                "(the previous file, if any, is intact)")
+    return OSError(e.errno, f"{path}: cannot write ({e.strerror or e}); choose a writable location")
+
+
+def _disk_full(path: Path) -> bool:
+    try:
+        st = os.statvfs(path.parent)
+    except (OSError, AttributeError):
+        return False
+    return st.f_bavail * st.f_frsize < 1 << 20
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete temporary files that killed writes left in ``folder`` (not recursive); return them."""
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        if p.is_file() and p.name.startswith(TMP_PREFIX) and p.name.endswith(TMP_SUFFIX):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed

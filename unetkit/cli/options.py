@@ -1,0 +1,83 @@
+"""Command-line flags generated from dataclass fields (``UNetConfig``, ``TrainConfig``).
+
+Each field becomes ``--field-name`` with its metadata's help and choices, so an option is described once,
+next to its default, and ``train``, ``info`` and ``bench`` offer the same model flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from collections.abc import Iterable
+from typing import Any
+
+from ..models.config import UNetConfig
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def none_or_str(value: str) -> str | None:
+    return None if value.lower() in ("none", "null") else value
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return " ".join(str(v) for v in value)
+    return str(value)
+
+
+def add_field(group: argparse._ActionsContainer, f: dataclasses.Field, hint: Any, *, default: Any,
+              suppress: bool) -> None:
+    """Add ``--<f.name>`` to ``group``.
+
+    ``suppress=True``: an absent flag leaves no attribute (so "given" can be told from "default"); the help
+    shows ``default`` unless it is ``None`` (the help text then says what happens).
+    """
+    args = typing.get_args(hint)
+    base = next((a for a in args if a is not type(None)), hint) if args and type(None) in args else hint
+    meta = f.metadata
+    text = meta.get("help", "")
+    if default is not None and default != [] and "(default" not in text:
+        text += f" (default: {_shown(default)})"
+    kw: dict[str, Any] = {"default": argparse.SUPPRESS if suppress else default, "help": text}
+    choices = meta.get("choices")
+    if base is bool:
+        group.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, **kw)
+        return
+    origin = typing.get_origin(base)
+    if origin in (tuple, list):
+        item = typing.get_args(base)[0]
+        n = len(typing.get_args(base)) if origin is tuple and Ellipsis not in typing.get_args(base) else None
+        nargs = "+" if n is None or f.name == "patch_size" else n
+        metavar = f.name.upper() if nargs == "+" else tuple(f"{f.name.upper()}{i + 1}" for i in range(n))
+        group.add_argument(flag(f.name), type=item, nargs=nargs, metavar=metavar, **kw)
+        return
+    kind = base if base in (int, float) else none_or_str
+    if choices:
+        shown = [c for c in choices if c is not None]
+        kw["metavar"] = "{" + ",".join(shown) + "}"
+        kw["choices"] = [*shown, None] if None in choices else shown
+    else:
+        kw["metavar"] = f.name.upper()
+    group.add_argument(flag(f.name), type=kind, **kw)
+
+
+def add_model_options(parser: argparse.ArgumentParser, *, suppress: bool, skip: Iterable[str] = (),
+                      defaults: UNetConfig | None = None, title: str = "model") -> None:
+    """One group of flags for every :class:`UNetConfig` field (but ``skip``)."""
+    group = parser.add_argument_group(title)
+    hints = typing.get_type_hints(UNetConfig)
+    defaults = defaults or UNetConfig()
+    for f in dataclasses.fields(UNetConfig):
+        if f.name not in skip:
+            add_field(group, f, hints[f.name], default=getattr(defaults, f.name), suppress=suppress)
+
+
+def model_config_from_args(args: argparse.Namespace, **fixed: Any) -> UNetConfig:
+    """The :class:`UNetConfig` the model flags describe (``fixed`` fields win)."""
+    names = {f.name for f in dataclasses.fields(UNetConfig)}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    return UNetConfig.from_dict({**values, **fixed}, where="flags")
