@@ -1,4 +1,5 @@
-"""ONNX export (round trip, metadata), static INT8 quantization on real data, and the dynamic-quantization trap.
+"""ONNX export (round trip, metadata), running exported models, static INT8 quantization on real data, and
+the dynamic-quantization trap.
 
 A tiny UNet is trained for a few dozen steps on the real ``ct-chest`` slices (module fixture), so the
 INT8 checks run on a model that predicts anatomy, not on a constant or random map.
@@ -6,24 +7,32 @@ INT8 checks run on a model that predicts anatomy, not on a constant or random ma
 
 from __future__ import annotations
 
+import copy
+import subprocess
+import sys
+import warnings
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch import nn
 
 from unetkit import UNet
-from unetkit.checkpoint import DataInfo, save_checkpoint
+from unetkit.checkpoint import CheckpointError, DataInfo, save_checkpoint
 from unetkit.cli.main import main
-from unetkit.infer import OnnxModel, load_predictor, predict
+from unetkit.infer import load_predictor, predict
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from unetkit.export import (  # noqa: E402 - after the optional-dependency skips
     ExportError,
-    count_dynamic_quantized_convs,
+    OnnxModel,
+    compare_onnx,
     export_onnx,
+    ort_session,
     quantize_int8,
     quantized_node_counts,
     read_onnx_metadata,
@@ -178,14 +187,101 @@ def test_pt2e_int8_agrees_with_fp32_on_real_ct_slices(trained, ct):
     assert float(agree) >= 0.99
 
 
+def _quantized_modules(model: nn.Module) -> list[str]:
+    """Class names of the modules that torch.ao quantization replaced (they live in ``torch.ao.nn.quantized``)."""
+    return [type(m).__name__ for m in model.modules()
+            if type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.nn.quantized"))]
+
+
 def test_dynamic_quantization_leaves_every_conv_in_float():
+    """``quantize_dynamic`` has kernels for Linear and recurrent layers only: asking for ``nn.Conv2d`` too
+    quantizes nothing in a UNet (0 quantized convs, bit-identical output). Hence static INT8 for UNets."""
+    from torch.ao.quantization import quantize_dynamic
+
+    def dynamic(m: nn.Module) -> nn.Module:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
+            return quantize_dynamic(copy.deepcopy(m).eval(), {nn.Conv2d, nn.Linear}, dtype=torch.qint8)
+
     model = UNet(num_classes=3, in_channels=1, base_channels=4, depth=3).eval()
-    convs, quantized, qmodel = count_dynamic_quantized_convs(model)
-    assert convs == 11  # nn.Conv2d modules (the 2 up-convs are ConvTranspose2d)
-    assert quantized == 0
+    qmodel = dynamic(model)
+    assert sum(isinstance(m, nn.Conv2d) for m in model.modules()) == 11  # the 2 up-convs are ConvTranspose2d
+    assert sum("Conv" in name for name in _quantized_modules(qmodel)) == 0
+    assert _quantized_modules(qmodel) == []  # nothing at all, in fact
     x = torch.randn(1, 1, 48, 48)
     with torch.no_grad():
         assert torch.equal(qmodel(x), model(x))  # bit-identical: nothing was quantized
+    # The count is not blind: the same call does quantize a Linear layer.
+    assert "Linear" in _quantized_modules(dynamic(nn.Sequential(nn.Linear(4, 4))))
+
+
+# ----------------------------------------------------------------------------------------- runtime
+def test_ort_session_builds_from_a_file_or_bytes_with_the_requested_options(exported):
+    path = exported[0]
+    from_file = ort_session(path, threads=1)
+    from_bytes = ort_session(path.read_bytes(), optimize=False)
+    x = np.random.default_rng(0).standard_normal((1, 1, 40, 56), dtype=np.float32)
+    a = from_file.run(None, {"image": x})[0]
+    b = from_bytes.run(None, {"image": x})[0]
+    assert a.shape == (1, 8, 40, 56) and np.abs(a - b).max() < 1e-4  # optimised or not, the same model
+    assert from_file.get_providers() == ["CPUExecutionProvider"]
+    assert from_file.get_session_options().intra_op_num_threads == 1
+    opts = from_bytes.get_session_options()
+    assert opts.graph_optimization_level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    basic = ort_session(path, optimize="basic").get_session_options()
+    assert basic.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    with pytest.raises(ValueError, match="optimize must be"):
+        ort_session(path, optimize="fast")
+
+
+def test_onnx_model_attributes_and_errors(exported, trained, tmp_path):
+    path = exported[0]
+    model, info = trained
+    m = OnnxModel(path, threads=1)
+    assert m.num_classes == 8 and m.data_info == info and m.config == model.config.to_dict()
+    assert m.device == torch.device("cpu") and m.training is False and m.eval() is m
+    assert m.session.get_session_options().intra_op_num_threads == 1
+    x = torch.randn(2, 1, 32, 48)
+    with torch.no_grad():
+        assert (m(x) - model(x)).abs().max() < 1e-4
+    with pytest.raises(CheckpointError, match="ONNX model not found"):
+        OnnxModel(tmp_path / "missing.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    with pytest.raises(CheckpointError, match="not a readable ONNX model"):
+        OnnxModel(tmp_path / "junk.onnx")
+    bare = onnx.load(str(path))
+    del bare.metadata_props[:]
+    onnx.save(bare, str(tmp_path / "bare.onnx"))
+    with pytest.raises(CheckpointError, match="no unetkit metadata"):
+        OnnxModel(tmp_path / "bare.onnx")
+
+
+def test_compare_onnx_times_with_the_shared_timer(exported, ct, monkeypatch):
+    import unetkit.export.quantize as quantize
+
+    path, int8, _, report = exported
+    calls = []
+
+    def fake_median_time(fn, repeats=5, warmup=1, device=None):
+        calls.append((repeats, warmup))
+        fn()
+        return 0.004
+
+    monkeypatch.setattr(quantize, "median_time", fake_median_time)
+    _, val = ct
+    again = compare_onnx(path, int8, [val[i] for i in range(len(val))], repeats=3)
+    assert calls == [(3, 2)] * 4  # fp32 and INT8, interleaved twice
+    assert again.latency_fp32_ms == pytest.approx(4.0) and again.latency_int8_ms == pytest.approx(4.0)
+    assert again.eval_images == 8
+    assert again.agreement == pytest.approx(report.agreement, abs=1e-4)  # the same models, the same labels
+    assert again.miou_int8 == pytest.approx(report.miou_int8, abs=1e-4)
+
+
+def test_importing_infer_does_not_load_onnxruntime():
+    code = "import sys, unetkit.infer; print('onnxruntime' in sys.modules, 'onnx' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
 
 
 # ----------------------------------------------------------------------------------------- CLI

@@ -15,15 +15,15 @@ The rest of the module turns files into model inputs and predictions into pictur
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, DataInfo, load_model
+from .checkpoint import DataInfo, load_model
 from .data.io import convert_channels, to_image_tensor
+from .export.runtime import OnnxModel  # re-exported: predict takes one like a module
 
 #: Smallest blending weight relative to the tile centre, so every pixel has a usable weight.
 MIN_WEIGHT = 1e-4
@@ -39,63 +39,12 @@ class Model(Protocol):
     def eval(self) -> Any: ...
 
 
-class OnnxModel:
-    """An exported ``.onnx`` model run by ONNX Runtime, usable wherever :func:`predict` takes a model.
-
-    Reads the unetkit metadata written by :func:`unetkit.export.export_onnx` into :attr:`data_info`
-    (class names and colours, mean/std, channels) and :attr:`config`. ``model(x)`` takes a float
-    ``(N, C, H, W)`` tensor and returns the logits as a CPU tensor.
-    """
-
-    training = False
-
-    def __init__(self, path: str | Path, providers: Sequence[str] | None = None, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        from .export import parse_metadata
-
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise CheckpointError(f"{self.path}: ONNX model not found")
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(str(self.path), opts,
-                                                providers=list(providers or ["CPUExecutionProvider"]))
-        except Exception as e:  # noqa: BLE001 - ORT raises its own exception types; one clear message
-            raise CheckpointError(f"{self.path}: not a readable ONNX model ({type(e).__name__}: {e})") from e
-        meta = self.session.get_modelmeta().custom_metadata_map
-        self.data_info, self.config = parse_metadata(meta, str(self.path))
-        self.input_name = self.session.get_inputs()[0].name
-        self.device = torch.device("cpu")
-
-    @property
-    def num_classes(self) -> int:
-        return self.data_info.num_classes
-
-    def eval(self) -> OnnxModel:
-        """No-op (an exported model is always in inference mode); returns ``self`` like ``nn.Module.eval``."""
-        return self
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        arr = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
-        return torch.from_numpy(self.session.run(None, {self.input_name: arr})[0])
-
-    def __repr__(self) -> str:
-        return f"OnnxModel({str(self.path)!r}, num_classes={self.num_classes}, in_channels={self.data_info.in_channels})"
-
-
 def load_predictor(path: str | Path, device: str | torch.device = "cpu") -> tuple[Model, DataInfo]:
     """``(model, data_info)`` from a checkpoint (``.pt`` or run directory) or an exported ``.onnx`` file."""
     p = Path(path)
     if p.suffix.lower() == ".onnx":
-        if torch.device(device).type != "cpu":
-            onnx_model = OnnxModel(p, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
-        else:
-            onnx_model = OnnxModel(p)
+        gpu = torch.device(device).type != "cpu"
+        onnx_model = OnnxModel(p, providers=["CUDAExecutionProvider", "CPUExecutionProvider"] if gpu else None)
         return onnx_model, onnx_model.data_info
     model, info, _ = load_model(p, device)
     return model, info

@@ -55,15 +55,15 @@ def checkpoint_dataset(ckpt: dict[str, Any]) -> str | None:
     return str(data) if data else None
 
 
-def _split(name: str, info: Any, split: str, ckpt_config: dict[str, Any] | None = None) -> Any:
-    """One split of a dataset, normalised with the model's mean/std.
+def _split(name: str, ckpt: dict[str, Any], split: str) -> Any:
+    """One split of a dataset, normalised with the model's mean/std (from the checkpoint).
 
     For the checkpoint's own dataset the training run's ``seed``, ``val_fraction`` and ``data_options``
     are reused, so the validation split is the one the model was validated on.
     """
     from ..checkpoint import checkpoint_datasets
 
-    train, val = checkpoint_datasets({"data": info.to_dict(), "config": ckpt_config or {}}, name)
+    train, val = checkpoint_datasets(ckpt, name)
     return train if split == "train" else val
 
 
@@ -73,16 +73,19 @@ def _evenly(n: int, k: int) -> list[int]:
     return sorted({round(i * (n - 1) / max(k - 1, 1)) for i in range(k)})
 
 
-def calibration_images(source: str, info: Any, samples: int,
-                       ckpt_config: dict[str, Any] | None = None) -> list[Any]:
-    """Normalised ``(C, H, W)`` tensors from a built-in dataset's training split or a folder of images."""
+def calibration_images(source: str, info: Any, samples: int, ckpt: dict[str, Any]) -> list[Any]:
+    """Normalised ``(C, H, W)`` tensors from a built-in dataset's training split or a folder of images.
+
+    ``info`` (the model's data description) normalises folder images; ``ckpt`` (the checkpoint dict)
+    selects a dataset's split as in training.
+    """
     from ..data import BUILTIN_DATASETS
     from ..data.io import IMAGE_EXTENSIONS, read_image
     from ..infer import image_to_tensor
 
     path = Path(source)
     if source.lower() in BUILTIN_DATASETS or (path.is_dir() and (path / "images").is_dir()):
-        ds = _split(source, info, "train", ckpt_config)
+        ds = _split(source, ckpt, "train")
         return [ds[i][0] for i in _evenly(len(ds), samples)]
     if not path.is_dir():
         raise CLIError(f"--calibration {source}: neither a built-in dataset ({', '.join(BUILTIN_DATASETS)}) "
@@ -119,14 +122,13 @@ def run(args: argparse.Namespace) -> int:
     if not args.int8:
         return 0
 
-    ckpt_config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else None
-    calib = calibration_images(calib_src, info, args.calib_samples, ckpt_config)
+    calib = calibration_images(calib_src, info, args.calib_samples, ckpt)
     data_src = args.data or trained_on
     eval_data = None
     if data_src is None:
         print("no --data and the checkpoint names no dataset: INT8 accuracy report skipped")
     else:
-        val = _split(data_src, info, "val", ckpt_config)
+        val = _split(data_src, ckpt, "val")
         if val is None:
             print(f"{data_src} has no validation split: INT8 accuracy report skipped")
         else:
