@@ -149,6 +149,43 @@ def test_tversky_half_half_equals_dice(mode: str) -> None:
     assert tversky.item() == pytest.approx(dice.item(), rel=1e-6, abs=1e-7)
 
 
+@pytest.mark.parametrize("mode", ["multiclass", "binary", "multilabel"])
+def test_tversky_default_is_dice_on_random_logits_with_gradients(mode: str) -> None:
+    g = torch.Generator().manual_seed(7)
+    c = {"multiclass": 5, "binary": 1, "multilabel": 3}[mode]
+    logits = (torch.randn(3, c, 9, 8, generator=g) * 3).requires_grad_(True)
+    if mode == "multiclass":
+        target = torch.randint(0, c, (3, 9, 8), generator=g)
+    else:
+        target = torch.randint(0, 2, (3, c, 9, 8), generator=g)
+    target[0, ..., :2] = IGN
+    dice_fn, tversky_fn = DiceLoss(mode, ignore_index=IGN), TverskyLoss(mode=mode, ignore_index=IGN)
+    assert (tversky_fn.alpha, tversky_fn.beta, tversky_fn.gamma) == (0.5, 0.5, 1.0)
+    dice, tversky = dice_fn(logits, target), tversky_fn(logits, target)
+    (g_dice,) = torch.autograd.grad(dice, logits)
+    (g_tversky,) = torch.autograd.grad(tversky, logits)
+    assert 0.05 < dice.item() < 0.95
+    torch.testing.assert_close(tversky, dice, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(g_tversky, g_dice, rtol=1e-5, atol=1e-8)
+    # the per-class Tversky index at alpha = beta = 0.5 is the per-class Dice score
+    (ti, present_t), (ds, present_d) = tversky_fn.per_class(logits, target), dice_fn.per_class(logits, target)
+    torch.testing.assert_close(ti, ds, rtol=1e-6, atol=1e-7)
+    assert torch.equal(present_t, present_d)
+
+
+@pytest.mark.parametrize("cls", [DiceLoss, TverskyLoss])
+def test_dice_and_tversky_share_option_checks(cls: type) -> None:
+    with pytest.raises(ValueError, match="smooth must be >= 0, got -0.5"):
+        cls(smooth=-0.5)
+    with pytest.raises(ValueError, match="smooth > 0"):
+        cls(absent_classes="include", smooth=0.0)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        cls(mode="softmax")
+    with pytest.raises(ValueError, match="absent_classes must be one of"):
+        cls(absent_classes="skip")
+    assert cls(smooth=1.0, absent_classes="include").smooth == 1.0
+
+
 def test_tversky_matches_hand_formula() -> None:
     logits = torch.randn(2, 1, 5, 5)
     target = torch.randint(0, 2, (2, 5, 5))

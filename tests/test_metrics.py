@@ -13,7 +13,18 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from unetkit.metrics import BoundaryF1, SegmentationMetrics, boundary_f1, boundary_mask, default_tolerance
+from unetkit.metrics import (
+    BoundaryF1,
+    CumulativeMetric,
+    MeanMetric,
+    SegmentationMetrics,
+    all_reduce_sum,
+    boundary_f1,
+    boundary_mask,
+    default_tolerance,
+    to_label_map,
+)
+from unetkit.models.outputs import logits_to_labels
 
 IGN = 255
 
@@ -362,6 +373,103 @@ def test_bf1_matches_bruteforce_on_random_maps() -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+# CumulativeMetric base, MeanMetric and logits reading
+# ----------------------------------------------------------------------------------------------
+class _Histogram(CumulativeMetric):
+    """A toy subclass: an int64 histogram and a float64 running sum."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("hist", torch.zeros(3, dtype=torch.int64))
+        self.add_state("total", torch.zeros((), dtype=torch.float64))
+
+    def update(self, values: torch.Tensor) -> None:
+        self.accumulate(hist=torch.bincount(values, minlength=3), total=values.double().sum())
+
+    def compute(self) -> tuple[list[int], float]:
+        return self.state("hist").tolist(), float(self.state("total"))
+
+
+def test_cumulative_base_update_compute_reset() -> None:
+    m = _Histogram()
+    assert m.compute() == ([0, 0, 0], 0.0) and m.update_count == 0
+    m.update(torch.tensor([0, 2, 2]))
+    m.update(torch.tensor([1, 2]))
+    assert m.compute() == ([1, 1, 3], 7.0) and m.update_count == 2
+    assert list(m.state_names()) == ["hist", "total"]
+    assert m.state("hist").dtype == torch.int64 and m.state("total").dtype == torch.float64
+    m.sync()  # not distributed: a no-op
+    m.sync()
+    assert m.compute() == ([1, 1, 3], 7.0)
+    m.reset()
+    assert m.compute() == ([0, 0, 0], 0.0) and m.update_count == 0
+    m.update(torch.tensor([1]))  # the reset defaults were copies: no aliasing with the first run
+    assert m.compute() == ([0, 1, 0], 1.0)
+    with pytest.raises(ValueError, match="already declared"):
+        m.add_state("hist", torch.zeros(3))
+    with pytest.raises(KeyError, match="unknown state 'nope'"):
+        m.accumulate(nope=torch.ones(()))
+    with pytest.raises(TypeError):
+        CumulativeMetric()  # abstract: update and compute are the subclass's
+
+
+def test_metrics_made_under_inference_mode_update_outside_it() -> None:
+    pred, target = torch.tensor([[0, 1, 1]]), torch.tensor([[0, 1, 0]])
+    with torch.inference_mode():
+        seg, bf, mean = SegmentationMetrics(2), BoundaryF1(2), MeanMetric()
+    seg.update(pred, target)
+    bf.update(pred[None], target[None])
+    mean.update(torch.tensor(2.0), weight=3)
+    assert torch.equal(seg.compute()["confusion_matrix"], torch.tensor([[1, 1], [0, 1]]))
+    assert int(bf.state("counts").sum()) == 2 and mean.compute() == 2.0
+
+
+def test_all_reduce_sum_without_process_group_is_in_place_noop() -> None:
+    t = torch.tensor([1.5, 2.0])
+    assert all_reduce_sum(t) is t and t.tolist() == [1.5, 2.0]
+
+
+def test_mean_metric_weighted_mean_matches_torchmetrics() -> None:
+    from torchmetrics.aggregation import MeanMetric as TMMeanMetric
+
+    g = torch.Generator().manual_seed(3)
+    ours, ref = MeanMetric(), TMMeanMetric()
+    assert math.isnan(ours.compute())
+    for n in (4, 1, 7):
+        loss = torch.rand((), generator=g) * 3
+        ours.update(loss, weight=n)
+        ref.update(loss, weight=n)
+    values = torch.rand(5, generator=g)  # a tensor of values, each with weight 2
+    ours.update(values, weight=2.0)
+    ref.update(values, weight=torch.full((5,), 2.0))
+    ours.update(0.25)  # a plain number, weight 1
+    ref.update(0.25)
+    assert ours.compute() == pytest.approx(float(ref.compute()), rel=1e-6)
+    assert float(ours.state("weight")) == 4 + 1 + 7 + 10 + 1
+    ours.reset()
+    assert math.isnan(ours.compute())
+
+
+def test_to_label_map_reads_logits_through_logits_to_labels() -> None:
+    g = torch.Generator().manual_seed(5)
+    multi = torch.randn(2, 4, 3, 5, generator=g)
+    multi[0, 1:3, 0, 0] = 9.0  # a tie: the first maximum wins
+    binary = torch.randn(2, 1, 3, 5, generator=g)
+    assert torch.equal(to_label_map(multi, 4), logits_to_labels(multi))
+    assert int(to_label_map(multi, 4)[0, 0, 0]) == 1
+    assert torch.equal(to_label_map(binary, 2), logits_to_labels(binary))
+    assert torch.equal(to_label_map(binary, 2), (binary[:, 0] > 0).long())
+    labels = torch.randint(0, 4, (2, 3, 5), generator=g)
+    assert to_label_map(labels, 4) is labels
+    with pytest.raises(ValueError, match="one logit channel .* num_classes must be 2, got 3"):
+        to_label_map(binary, 3)
+    with pytest.raises(ValueError, match="4 channels but num_classes is 5"):
+        to_label_map(multi, 5)
+    with pytest.raises(TypeError, match="neither logits"):
+        to_label_map(labels.float(), 4, target_ndim=3)
+
+
+# ----------------------------------------------------------------------------------------------
 # DDP sync with two gloo processes
 # ----------------------------------------------------------------------------------------------
 def _rank_data(rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -386,8 +494,22 @@ def _sync_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         m.sync()
         m.sync()  # idempotent: must not double-count
         bf.sync()
-        torch.save({"cm": m.compute()["confusion_matrix"], "bf": bf.compute()},
-                   os.path.join(out_dir, f"rank{rank}.pt"))
+        bf.sync()
+        mean = MeanMetric()
+        mean.update(torch.tensor(float(rank + 1)), weight=rank + 1)  # rank 0: 1 x 1, rank 1: 2 x 2
+        mean.sync()
+        mean_once = mean.compute()
+        mean.sync()
+        mean_twice = mean.compute()
+        weight_twice = float(mean.state("weight"))  # a ratio hides double-counting: check the sums
+        mean.update(10.0, weight=rank)  # after a sync: the next sync merges the local totals again
+        mean.sync()
+        t = torch.tensor([rank + 1, 10 * (rank + 1)])
+        reduced = all_reduce_sum(t)
+        torch.save({"cm": m.compute()["confusion_matrix"], "bf": bf.compute(), "mean_once": mean_once,
+                    "mean_twice": mean_twice, "weight_twice": weight_twice,
+                    "bf_counts": bf.state("counts"), "mean_after": mean.compute(), "in_place": reduced is t,
+                    "reduced": t}, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -415,7 +537,14 @@ def test_sync_merges_two_gloo_ranks(tmp_path) -> None:
         preds.append(pred)
         targets.append(target)
     expected_bf = boundary_f1(torch.cat(preds), torch.cat(targets), 3, tolerance=1, ignore_index=IGN)
+    bf_all = BoundaryF1(3, tolerance=1, ignore_index=IGN)
+    bf_all.update(torch.cat(preds), torch.cat(targets))
     for rank in range(2):
         res = torch.load(tmp_path / f"rank{rank}.pt")
         assert torch.equal(res["cm"], expected_cm)
         assert torch.allclose(res["bf"], expected_bf, equal_nan=True)
+        assert torch.equal(res["bf_counts"], bf_all.state("counts"))
+        assert res["weight_twice"] == 3.0
+        assert res["mean_once"] == res["mean_twice"] == pytest.approx((1 * 1 + 2 * 2) / (1 + 2))
+        assert res["mean_after"] == pytest.approx((1 * 1 + 2 * 2 + 10 * 1) / (1 + 2 + 1))
+        assert res["in_place"] and res["reduced"].tolist() == [3, 30]

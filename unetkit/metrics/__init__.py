@@ -4,18 +4,28 @@
   and reports pixel accuracy and per-class IoU/Dice/precision/recall (NaN for classes absent
   from both prediction and target, left out of the means).
 * :func:`boundary_f1` / :class:`BoundaryF1`: the Boundary F1 score of Csurka et al. (2013).
+* :class:`MeanMetric`: a weighted running mean (e.g. the validation loss).
+
+All three are :class:`CumulativeMetric` subclasses: ``update``, ``compute``, ``reset`` and a DDP
+``sync()`` that sums their state over ranks through :func:`all_reduce_sum`, the project's one
+all-reduce.
 """
 
+from .base import CumulativeMetric, MeanMetric, all_reduce_sum, distributed_ready
 from .boundary import BoundaryF1, boundary_f1, boundary_mask, default_tolerance
 from .confusion import SegmentationMetrics, confusion_counts, metrics_from_confusion, to_label_map
 
 __all__ = [
     "BoundaryF1",
+    "CumulativeMetric",
+    "MeanMetric",
     "SegmentationMetrics",
+    "all_reduce_sum",
     "boundary_f1",
     "boundary_mask",
     "confusion_counts",
     "default_tolerance",
+    "distributed_ready",
     "metrics_from_confusion",
     "to_label_map",
 ]

@@ -36,7 +36,8 @@ import torch
 from scipy.ndimage import distance_transform_edt
 from torch import Tensor
 
-from .confusion import _all_reduce_sum, _check_range, to_label_map
+from .base import CumulativeMetric
+from .confusion import _check_range, to_label_map
 
 __all__ = ["BoundaryF1", "boundary_f1", "boundary_mask", "default_tolerance"]
 
@@ -172,47 +173,33 @@ def _finish(sums: Tensor, counts: Tensor) -> Tensor:
     return out.masked_fill(counts == 0, math.nan)
 
 
-class BoundaryF1:
+class BoundaryF1(CumulativeMetric):
     """Cumulative :func:`boundary_f1`: per-class sums of per-image scores and image counts.
 
     ``compute()`` returns the per-class mean over all images seen since ``reset()`` (NaN for
     classes never present). ``sync()`` all-reduces sums and counts over DDP ranks (every rank must
-    call it); like :class:`SegmentationMetrics.sync`, it is idempotent.
+    call it); like :class:`SegmentationMetrics.sync`, it is idempotent (both come from
+    :class:`CumulativeMetric`).
     """
 
-    def __init__(self, num_classes: int, tolerance: float | None = None, ignore_index: int | None = None):
+    def __init__(
+        self, num_classes: int, tolerance: float | None = None, ignore_index: int | None = None
+    ) -> None:
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        super().__init__()
         self.num_classes = int(num_classes)
         self.tolerance = tolerance
         self.ignore_index = ignore_index
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget all images."""
-        self._sums = torch.zeros(self.num_classes, dtype=torch.float64)
-        self._counts = torch.zeros(self.num_classes, dtype=torch.int64)
-        self._synced: tuple[Tensor, Tensor] | None = None
+        self.add_state("sums", torch.zeros(self.num_classes, dtype=torch.float64))
+        self.add_state("counts", torch.zeros(self.num_classes, dtype=torch.int64))
 
     @torch.no_grad()
     def update(self, pred: Tensor, target: Tensor) -> None:
         """Score a batch and add it to the running sums."""
         sums, counts = _bf_sums(pred, target, self.num_classes, self.tolerance, self.ignore_index)
-        self._sums += sums
-        self._counts += counts
-        self._synced = None
+        self.accumulate(sums=sums, counts=counts)
 
     def compute(self) -> Tensor:
         """Per-class BF over all images (the synced totals if ``sync()`` ran since the last update)."""
-        sums, counts = self._synced if self._synced is not None else (self._sums, self._counts)
-        return _finish(sums, counts)
-
-    def sync(self) -> None:
-        """Sum the per-class totals over ranks; a no-op unless torch.distributed is initialised."""
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()):
-            return
-        # Counts travel as float64 (exact below 2**53) so one collective carries both.
-        merged = _all_reduce_sum(torch.stack([self._sums, self._counts.double()]))
-        self._synced = (merged[0].clone(), merged[1].round().long())
+        return _finish(self.state("sums"), self.state("counts"))

@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from ..device import resolve_device
+from ..metrics.base import all_reduce_sum as all_reduce_sum  # re-exported: the project's one all-reduce
 
 
 @dataclass(frozen=True)
@@ -59,13 +60,6 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistInfo
 def cleanup_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum over ranks in place (a no-op in a single process); returns ``t``."""
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(t)
-    return t
 
 
 def launch_local(nproc: int, args: Sequence[str]) -> int:
