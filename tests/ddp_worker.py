@@ -21,16 +21,16 @@ TINY = dict(data="shapes", base_channels=4, depth=3, batch_size=2, samples=1, bo
 
 
 class CapturingTrainer(Trainer):
-    def train_epoch(self, epoch: int) -> float:
+    def train_epoch(self, epoch: int) -> tuple[float, bool]:
         if os.environ.get("FAIL_RANK") == os.environ["RANK"] and epoch == 1:
             raise RuntimeError(f"simulated failure on rank {os.environ['RANK']}")
         return super().train_epoch(epoch)
 
-    def finish(self, seconds: float):  # noqa: ANN201 - same as Trainer.finish
+    def finish(self):  # noqa: ANN201 - same as Trainer.finish
         model = self.model.module if hasattr(self.model, "module") else self.model
         params = {k: v.detach() for k, v in model.named_parameters()}
         torch.save(params, self.run_dir / f"rank{os.environ['RANK']}.pt")
-        return super().finish(seconds)
+        return super().finish()
 
 
 def main() -> None:

@@ -124,6 +124,24 @@ def test_odd_sizes_and_batches_keep_full_resolution(tile):
     assert torch.allclose(single, probs[1], atol=1e-6)  # batching tiles does not change the result
 
 
+def test_logits_output_and_padding_like_training():
+    model = tiny(depth=3)
+    x = torch.randn(1, 20, 30)
+    with torch.no_grad():
+        ref = model.eval()(x[None])[0]
+    assert torch.allclose(predict(model, x, output="logits"), ref, atol=1e-6)
+    # pad_value: axes shorter than the tile are padded to it (as training pads its patches), then cropped.
+    pad = torch.tensor([-1.5])
+    padded = torch.full((1, 1, 64, 64), -1.5)
+    padded[..., :20, :30] = x
+    with torch.no_grad():
+        ref64 = model(padded)[0, :, :20, :30]
+    out = predict(model, x, tile_size=64, output="logits", pad_value=pad)
+    assert out.shape == (3, 20, 30) and torch.allclose(out, ref64, atol=1e-5)
+    # Smaller than the network's stride (1x1): padded up to the stride, never an error.
+    assert predict(model, torch.randn(1, 1, 1)).shape == (1, 1)
+
+
 def test_image_smaller_than_tile_is_predicted_whole():
     model = tiny()
     x = torch.randn(1, 40, 50)
@@ -182,7 +200,7 @@ def test_predict_restores_training_mode_and_checks_arguments():
     with pytest.raises(ValueError, match="overlap"):
         predict(model, torch.randn(1, 16, 16), tile_size=8, overlap=1.0)
     with pytest.raises(ValueError, match="output"):
-        predict(model, torch.randn(1, 16, 16), output="logits")
+        predict(model, torch.randn(1, 16, 16), output="scores")
     with pytest.raises(ValueError, match="shape"):
         predict(model, torch.randn(16, 16))
 
@@ -211,10 +229,12 @@ def test_image_to_tensor_scales_by_bit_depth_and_converts_grey_rgb():
     assert torch.allclose(image_to_tensor(rgb, info)[0], x8, atol=1e-6)  # RGB grey -> luma = same grey
     info3 = info_for(tiny(in_channels=3))
     assert image_to_tensor(v8, info3)[0].shape == (3, 2, 2)  # grey -> RGB replicated
-    with pytest.raises(ValueError, match="4 channel"):
-        image_to_tensor(v8, info_for(tiny(in_channels=4)))
+    x4, _ = image_to_tensor(v8, info_for(tiny(in_channels=4)))  # grey -> any count: replicated, as datasets do
+    assert x4.shape == (4, 2, 2) and torch.equal(x4[3], x4[0])
     with pytest.raises(ValueError, match="2-channel"):
         image_to_tensor(np.zeros((2, 2, 2), np.uint8), info)
+    with pytest.raises(ValueError, match="2-channel"):
+        image_to_tensor(np.zeros((2, 2, 2), np.uint8), info_for(tiny(in_channels=4)))
 
 
 def test_overlay_and_palette():
@@ -322,10 +342,12 @@ def test_predict_cli_missing_checkpoint_and_inputs(tmp_path, images, capsys):
 def test_predict_cli_wrong_channel_count_is_one_line_error(tmp_path, images, capsys):
     ckpt = save_ckpt(tiny(in_channels=4), tmp_path / "m4.pt")
     out = tmp_path / "out"
-    assert main(["predict", str(ckpt), str(images / "a.png"), "--out", str(out)]) == 2
+    rgb = tmp_path / "rgb.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(rgb)
+    assert main(["predict", str(ckpt), str(rgb), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert "a.png: 1-channel image, but the model takes 4 channel(s)" in err
+    assert "rgb.png: 3-channel image, but the model takes 4 channel(s)" in err
     assert not out.exists() or not any(out.iterdir())
 
 

@@ -163,7 +163,7 @@ def test_amp_policy():
 def test_cosine_schedule_warms_up_and_decays():
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([p], lr=1.0)
-    sched = build_scheduler(TrainConfig(epochs=4, warmup_epochs=1, scheduler="cosine"), opt, steps_per_epoch=10)
+    sched = build_scheduler(TrainConfig(scheduler="cosine"), opt, total_steps=40, warmup_steps=10)
     lrs = []
     for _ in range(40):
         lrs.append(opt.param_groups[0]["lr"])

@@ -9,8 +9,11 @@ that), so loading it never runs code:
     :attr:`unetkit.UNet.config`, enough to rebuild the architecture with :meth:`UNet.from_config`.
 ``data``
     what inference needs to know about the data: ``num_classes``, ``in_channels``, ``class_names``,
-    ``class_colors``, ``mean``, ``std``, ``ignore_index``.
-``config``, ``epoch``, ``best_miou``, ``history``, ``optimizer``, ``scheduler``, ``scaler``, ``rng``
+    ``class_colors``, the normalisation (``mean``, ``std``, ``clip``), ``ignore_index`` and the training
+    ``patch_size`` (the tile size inference uses, so it sees what training saw).
+``plan``
+    the training plan (:class:`unetkit.train.plan.Plan`) with the reason for each choice.
+``config``, ``epoch``, ``best_miou``, ``history``, ``run``, ``optimizer``, ``scheduler``, ``scaler``, ``rng``
     training state (present in checkpoints written by :mod:`unetkit.train`), so ``--resume`` continues
     a run exactly where it stopped.
 """
@@ -24,6 +27,7 @@ from typing import Any
 import torch
 
 from .atomic import atomic_write
+from .data.preprocess import Normalization
 from .models import UNet
 
 
@@ -71,24 +75,38 @@ class DataInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     ignore_index: int = 255
+    clip: tuple[tuple[float, float], ...] | None = None
+    patch_size: tuple[int, int] | None = None
 
     @classmethod
-    def from_dataset(cls, ds: Any) -> DataInfo:
-        """Take the fields from a :class:`unetkit.data.SegmentationDataset`."""
+    def from_dataset(cls, ds: Any, patch_size: tuple[int, int] | None = None) -> DataInfo:
+        """Take the fields from a :class:`unetkit.data.SegmentationDataset` (and the training patch size)."""
+        norm = ds.normalization
         return cls(ds.num_classes, ds.in_channels, list(ds.class_names), [tuple(c) for c in ds.class_colors],
-                   tuple(ds.mean), tuple(ds.std), ds.ignore_index)
+                   norm.mean, norm.std, ds.ignore_index, norm.clip,
+                   None if patch_size is None else (int(patch_size[0]), int(patch_size[1])))
+
+    @property
+    def normalization(self) -> Normalization:
+        """The preprocessing the model was trained with."""
+        return Normalization(self.mean, self.std, self.clip)
 
     def to_dict(self) -> dict[str, Any]:
         return {"num_classes": self.num_classes, "in_channels": self.in_channels,
                 "class_names": list(self.class_names), "class_colors": [list(c) for c in self.class_colors],
-                "mean": list(self.mean), "std": list(self.std), "ignore_index": self.ignore_index}
+                "mean": list(self.mean), "std": list(self.std), "ignore_index": self.ignore_index,
+                "clip": None if self.clip is None else [list(c) for c in self.clip],
+                "patch_size": None if self.patch_size is None else list(self.patch_size)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DataInfo:
+        clip, patch = d.get("clip"), d.get("patch_size")
         return cls(int(d["num_classes"]), int(d["in_channels"]), list(d["class_names"]),
                    [tuple(int(v) for v in c) for c in d["class_colors"]],
                    tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"]),
-                   int(d.get("ignore_index", 255)))
+                   int(d.get("ignore_index", 255)),
+                   None if clip is None else tuple((float(lo), float(hi)) for lo, hi in clip),
+                   None if patch is None else (int(patch[0]), int(patch[1])))
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[UNet, DataInfo, dict[str, Any]]:
@@ -123,6 +141,11 @@ def checkpoint_datasets(ckpt: dict[str, Any], data: str | None = None) -> tuple[
                               "pass --data DIR|NAME")
     same = data is None or data == cfg.get("data")
     options = dict(cfg.get("data_options") or {}) if same else {}
-    return get_datasets(name, mean=info.mean, std=info.std, num_classes=info.num_classes,
-                        in_channels=info.in_channels, ignore_index=info.ignore_index,
-                        seed=int(cfg.get("seed", 0)), val_fraction=float(cfg.get("val_fraction", 0.2)), **options)
+    train, val = get_datasets(name, mean=info.mean, std=info.std, num_classes=info.num_classes,
+                              in_channels=info.in_channels, ignore_index=info.ignore_index,
+                              seed=int(cfg.get("seed", 0)), val_fraction=float(cfg.get("val_fraction", 0.2)),
+                              **options)
+    for ds in (train, val):
+        if ds is not None:
+            ds.set_normalization(info.normalization)
+    return train, val

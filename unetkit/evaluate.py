@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .metrics import BoundaryF1, SegmentationMetrics
+from .metrics import BoundaryF1, MeanMetric, SegmentationMetrics
 
 
 class ShardSampler(Sampler[int]):
@@ -51,6 +51,8 @@ class EvalResult:
     loss: float | None = None
     boundary_f1: list[float] | None = None
     class_names: list[str] = field(default_factory=list)
+    images: int = 0  # images scored
+    pixels: int = 0  # pixels scored (every labelled pixel, ignore_index excluded)
 
     @property
     def mean_boundary_f1(self) -> float:
@@ -69,7 +71,8 @@ class EvalResult:
         out = {"miou": _num(self.miou), "dice": _num(self.mdice), "pixel_accuracy": _num(self.pixel_accuracy),
                "boundary_f1": _num(self.mean_boundary_f1) if self.boundary_f1 is not None else None,
                "loss": _num(self.loss) if self.loss is not None else None,
-               "per_class": per_class, "confusion_matrix": self.confusion_matrix}
+               "per_class": per_class, "confusion_matrix": self.confusion_matrix,
+               "images": self.images, "pixels": self.pixels}
         return out
 
     def table(self) -> str:
@@ -108,49 +111,67 @@ def _distributed() -> tuple[int, int]:
 def evaluate(model: nn.Module, dataset: Dataset, *, num_classes: int, ignore_index: int | None = 255,
              loss_fn: nn.Module | None = None, boundary: bool = False, batch_size: int = 8,
              device: torch.device | str | None = None, num_workers: int = 0,
-             class_names: Sequence[str] = (), autocast_dtype: torch.dtype | None = None) -> EvalResult:
-    """Evaluate ``model`` on every sample of ``dataset`` (split across ranks under DDP).
+             class_names: Sequence[str] = (), autocast_dtype: torch.dtype | None = None,
+             tile_size: int | tuple[int, int] | None = None,
+             pad_value: float | torch.Tensor | None = None) -> EvalResult:
+    """Evaluate ``model`` on every sample of ``dataset`` (split across ranks under DDP), whole images.
 
-    Metrics are dataset-level (one confusion matrix). ``boundary=True`` adds per-class Boundary F1
-    (CPU work, so it is meant for final reports, not every epoch). The loss, when ``loss_fn`` is given,
-    is the mean over samples.
+    Images of any size are scored at their native resolution: with ``tile_size`` (the training patch
+    size) through Gaussian-blended sliding windows where an image is larger, padded with ``pad_value``
+    (default: the dataset's normalised black, as training pads) where it is smaller; consecutive images
+    of one size are batched. Metrics are dataset-level (one confusion matrix over every pixel).
+    ``boundary=True`` adds per-class Boundary F1 (CPU work, meant for final reports, not every epoch).
+    The loss, when ``loss_fn`` is given, is the mean over samples.
     """
+    from .infer import predict
+
     device = torch.device(device) if device is not None else next(model.parameters()).device
     rank, world = _distributed()
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), rank, world),
+    if pad_value is None and getattr(dataset, "normalization", None) is not None:
+        pad_value = dataset.normalization.pad_value()  # type: ignore[union-attr]
+    loader = DataLoader(dataset, batch_size=None, sampler=ShardSampler(len(dataset), rank, world),
                         num_workers=num_workers, pin_memory=device.type == "cuda")
     was_training = model.training
     model.eval()
     metrics = SegmentationMetrics(num_classes, ignore_index=ignore_index, device=device)
     bf1 = BoundaryF1(num_classes, ignore_index=ignore_index) if boundary else None
-    loss_sum = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of per-batch loss * n, n)
-    for images, masks in loader:
-        images = images.to(device, non_blocking=True)
-        masks = masks.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits = model(images)
-        logits = logits.float()
-        metrics.update(logits, masks)
-        if loss_fn is not None:
-            loss_sum[0] += loss_fn(logits, masks).double() * images.shape[0]
-            loss_sum[1] += images.shape[0]
-        if bf1 is not None:
-            bf1.update(logits, masks)
-    model.train(was_training)
-    metrics.sync()
-    if world > 1:
-        import torch.distributed as dist
+    loss_mean = MeanMetric(device)
+    images_seen = MeanMetric(device)  # its total weight counts the images
 
-        dist.all_reduce(loss_sum)
+    def score(images: list[torch.Tensor], masks: list[torch.Tensor]) -> None:
+        x = torch.stack(images).to(device, non_blocking=True)
+        y = torch.stack(masks).to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logits = predict(model, x, tile_size=tile_size, output="logits", batch_size=batch_size,
+                             pad_value=pad_value)
+        metrics.update(logits, y)
+        if loss_fn is not None:
+            loss_mean.update(loss_fn(logits, y).detach(), weight=x.shape[0])
         if bf1 is not None:
-            bf1.sync()
+            bf1.update(logits, y)
+        images_seen.update(0.0, weight=x.shape[0])
+
+    group: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+    for image, mask in loader:
+        if group[0] and (image.shape != group[0][0].shape or len(group[0]) >= batch_size):
+            score(*group)
+            group = ([], [])
+        group[0].append(image)
+        group[1].append(mask)
+    if group[0]:
+        score(*group)
+    model.train(was_training)
+    for metric in (metrics, loss_mean, images_seen, bf1):
+        if metric is not None:
+            metric.sync()
     m = metrics.compute()
-    loss = float(loss_sum[0] / loss_sum[1]) if loss_fn is not None and loss_sum[1] > 0 else None
+    loss = loss_mean.compute() if loss_fn is not None and loss_mean.update_count else None
+    cm = m["confusion_matrix"].cpu()
     return EvalResult(
         miou=float(m["miou"]), mdice=float(m["mdice"]), pixel_accuracy=float(m["pixel_accuracy"]),
         iou=[float(v) for v in m["iou"]], dice=[float(v) for v in m["dice"]],
         precision=[float(v) for v in m["precision"]], recall=[float(v) for v in m["recall"]],
-        confusion_matrix=m["confusion_matrix"].cpu().tolist(), loss=loss,
+        confusion_matrix=cm.tolist(), loss=loss,
         boundary_f1=[float(v) for v in bf1.compute()] if bf1 is not None else None,
-        class_names=list(class_names),
+        class_names=list(class_names), images=int(images_seen.state("weight").item()), pixels=int(cm.sum()),
     )

@@ -22,8 +22,9 @@ import numpy as np
 import torch
 
 from .checkpoint import DataInfo, load_model
-from .data.io import convert_channels, to_image_tensor
+from .data.preprocess import prepare_image
 from .export.runtime import OnnxModel  # re-exported: predict takes one like a module
+from .models.outputs import logits_to_probs, probs_to_labels
 
 #: Smallest blending weight relative to the tile centre, so every pixel has a usable weight.
 MIN_WEIGHT = 1e-4
@@ -108,20 +109,17 @@ def _device_of(model: Any) -> torch.device:
         return torch.device("cpu")
 
 
-def _activate(logits: torch.Tensor) -> torch.Tensor:
-    """Softmax over classes, or sigmoid for a one-channel (binary) model."""
-    logits = logits.float()
-    return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+def _forward_scores(model: Model, x: torch.Tensor, tta: bool, probs: bool) -> torch.Tensor:
+    """Probabilities (``probs``) or float logits for a batch, averaged over :data:`TTA_FLIPS` when ``tta``."""
+    def score(t: torch.Tensor) -> torch.Tensor:
+        return logits_to_probs(t) if probs else t.float()
 
-
-def _forward_probs(model: Model, x: torch.Tensor, tta: bool) -> torch.Tensor:
-    """Probabilities for a batch, averaged over :data:`TTA_FLIPS` when ``tta``."""
     if not tta:
-        return _activate(_run(model, x))
+        return score(_run(model, x))
     acc = None
     for dims in TTA_FLIPS:
         xi = x.flip(dims) if dims else x
-        p = _activate(_run(model, xi))
+        p = score(_run(model, xi))
         p = p.flip(dims) if dims else p
         acc = p if acc is None else acc + p
     assert acc is not None
@@ -140,24 +138,28 @@ def _run(model: Model, x: torch.Tensor) -> torch.Tensor:
 
 def predict(model: Model, image: torch.Tensor, tile_size: int | tuple[int, int] | None = None,
             overlap: float = 0.5, tta: bool = False, output: str = "labels", batch_size: int = 4,
-            align: int | None = None) -> torch.Tensor:
+            align: int | None = None, pad_value: float | torch.Tensor | None = None) -> torch.Tensor:
     """Segment a normalised image ``(C, H, W)`` or batch ``(N, C, H, W)`` at its full size.
 
     * ``tile_size=None`` or an image no larger than the tile: one forward pass on the whole image.
-      Otherwise sliding windows of ``tile_size`` (an int or ``(h, w)``; an image axis shorter than the
-      tile uses its own length, so nothing is padded) overlapping by at least ``overlap`` (0 <= overlap < 1),
-      run ``batch_size`` at a time and blended with :func:`gaussian_weight`. Tile starts are multiples of
-      ``align`` (default: :func:`model_stride`) except the last, which ends at the border.
+      Otherwise sliding windows of ``tile_size`` (an int or ``(h, w)``) overlapping by at least ``overlap``
+      (0 <= overlap < 1), run ``batch_size`` at a time and blended with :func:`gaussian_weight`. Tile starts
+      are multiples of ``align`` (default: :func:`model_stride`) except the last, which ends at the border.
+    * ``pad_value`` (a number or one value per channel, e.g. ``Normalization.pad_value()``): an image axis
+      shorter than the tile is padded to the tile with it, as training pads its patches, and the result
+      cropped back. Without it such an axis uses its own length, padded (with 0) only up to the model's
+      stride, so even a 1x1 image goes through.
     * ``tta``: average the probabilities of the image and its horizontal, vertical and double flips.
     * ``output``: ``"labels"`` (int64 ``(H, W)`` / ``(N, H, W)``: argmax, or ``p > 0.5`` for a one-channel
-      model) or ``"probs"`` (float32 ``(C, H, W)`` / ``(N, C, H, W)``: softmax, or sigmoid for one channel).
+      model), ``"probs"`` (float32 ``(C, H, W)`` / ``(N, C, H, W)``: softmax, or sigmoid for one channel) or
+      ``"logits"`` (float32, blended logits; what the evaluation's loss needs).
 
     Runs under ``torch.inference_mode()`` on the model's device (CPU, CUDA, or ONNX Runtime for an
     :class:`OnnxModel`); the result is on ``image``'s device. A module in training mode is switched to
     eval for the call and back afterwards.
     """
-    if output not in ("labels", "probs"):
-        raise ValueError(f"output must be 'labels' or 'probs', not {output!r}")
+    if output not in ("labels", "probs", "logits"):
+        raise ValueError(f"output must be 'labels', 'probs' or 'logits', not {output!r}")
     if not 0 <= overlap < 1:
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
     if batch_size < 1:
@@ -167,35 +169,53 @@ def predict(model: Model, image: torch.Tensor, tile_size: int | tuple[int, int] 
     single = image.ndim == 3
     batch = image[None] if single else image
     device = _device_of(model)
+    stride = model_stride(model)
+    h, w = batch.shape[-2:]
+    tile = None if tile_size is None else ((tile_size, tile_size) if isinstance(tile_size, int) else
+                                          (int(tile_size[0]), int(tile_size[1])))
+    if tile is not None and pad_value is not None:
+        want = (max(h, tile[0]), max(w, tile[1]))
+    else:
+        want = (max(h, stride), max(w, stride))
+    if want != (h, w):
+        batch = _pad_to(batch, want, 0.0 if pad_value is None else pad_value)
     was_training = bool(getattr(model, "training", False))
     model.eval()
     try:
         with torch.inference_mode():
-            probs = _predict_probs(model, batch.float(), tile_size, overlap, tta, batch_size, device,
-                                   model_stride(model) if align is None else align)
+            scores = _predict_scores(model, batch.float(), tile, overlap, tta, batch_size, device,
+                                     stride if align is None else align, output != "logits")
     finally:
         if was_training and hasattr(model, "train"):
             model.train(True)
-    if output == "labels":
-        result = (probs[:, 0] > 0.5).long() if probs.shape[1] == 1 else probs.argmax(1)
-    else:
-        result = probs
+    scores = scores[..., :h, :w]
+    result = probs_to_labels(scores) if output == "labels" else scores
     return result[0] if single else result
 
 
-def _predict_probs(model: Model, batch: torch.Tensor, tile_size: int | tuple[int, int] | None, overlap: float,
-                   tta: bool, batch_size: int, device: torch.device, align: int) -> torch.Tensor:
+def _pad_to(batch: torch.Tensor, size: tuple[int, int], value: float | torch.Tensor) -> torch.Tensor:
+    """``batch`` padded at the bottom and right to ``size`` with ``value`` (a number or one per channel)."""
+    n, c, h, w = batch.shape
+    fill = torch.as_tensor(value, dtype=batch.dtype, device=batch.device).reshape(-1)
+    out = fill.view(1, -1, 1, 1).expand(n, c, *size).clone() if fill.numel() > 1 else \
+        torch.full((n, c, *size), float(fill), dtype=batch.dtype, device=batch.device)
+    out[..., :h, :w] = batch
+    return out
+
+
+def _predict_scores(model: Model, batch: torch.Tensor, tile_size: tuple[int, int] | None, overlap: float,
+                    tta: bool, batch_size: int, device: torch.device, align: int, probs: bool) -> torch.Tensor:
     n, _, h, w = batch.shape
     out_device = batch.device
     if tile_size is None:
         th, tw = h, w
     else:
-        th, tw = (tile_size, tile_size) if isinstance(tile_size, int) else tuple(tile_size)
+        th, tw = tile_size
         if th < 1 or tw < 1:
             raise ValueError(f"tile_size must be positive, got {tile_size}")
         th, tw = min(th, h), min(tw, w)
     if (th, tw) == (h, w):  # whole image: chunk the batch only
-        parts = [_forward_probs(model, batch[i:i + batch_size].to(device), tta).to(out_device)
+        parts = [_forward_scores(model, batch[i:i + batch_size].to(device), tta, probs).to(out_device)
                  for i in range(0, n, batch_size)]
         return torch.cat(parts)
 
@@ -210,7 +230,7 @@ def _predict_probs(model: Model, batch: torch.Tensor, tile_size: int | tuple[int
     for k in range(0, len(windows), batch_size):
         chunk = windows[k:k + batch_size]
         tiles = torch.stack([batch[i, :, y:y + th, x:x + tw] for i, y, x in chunk]).to(device)
-        p = (_forward_probs(model, tiles, tta) * weight).to(out_device)
+        p = (_forward_scores(model, tiles, tta, probs) * weight).to(out_device)
         if acc is None:
             acc = torch.zeros(n, p.shape[1], h, w, device=out_device)
         for j, (i, y, x) in enumerate(chunk):
@@ -223,22 +243,11 @@ def _predict_probs(model: Model, batch: torch.Tensor, tile_size: int | tuple[int
 def image_to_tensor(image: np.ndarray, info: DataInfo) -> tuple[torch.Tensor, torch.Tensor]:
     """``(normalised (C, H, W), [0, 1] (C, H, W))`` from a :func:`~unetkit.data.read_image` array ``(H, W, C)``.
 
-    Channels are matched to ``info.in_channels`` the way the datasets do it, but only where that is
-    meaningful: RGB -> grey (luma) and grey -> RGB (replicated); anything else raises ``ValueError``.
-    Pixels are scaled to [0, 1] by bit depth (8-bit / 255, 16-bit / 65535, float as is), then normalised
-    with the model's mean/std.
+    The datasets' own path (:func:`unetkit.data.preprocess.prepare_image`): channels matched only where
+    meaningful (RGB -> grey luma, grey -> RGB replicated; anything else raises ``ValueError``), pixels scaled
+    to [0, 1] by bit depth, then the model's normalisation (clip, mean, std).
     """
-    if image.ndim == 2:
-        image = image[:, :, None]
-    c, want = image.shape[-1], info.in_channels
-    if c != want and (c, want) not in ((3, 1), (1, 3)):
-        raise ValueError(f"{c}-channel image, but the model takes {want} channel(s); only grey <-> RGB is "
-                         "converted: save the images with the model's channel count")
-    chw = np.ascontiguousarray(convert_channels(image, want).transpose(2, 0, 1))
-    raw = to_image_tensor(chw)
-    mean = torch.tensor(info.mean, dtype=torch.float32).view(-1, 1, 1)
-    std = torch.tensor(info.std, dtype=torch.float32).view(-1, 1, 1)
-    return (raw - mean) / std, raw
+    return prepare_image(image, info.normalization)
 
 
 def palette(info: DataInfo) -> list[tuple[int, int, int]]:
@@ -250,3 +259,48 @@ def palette(info: DataInfo) -> list[tuple[int, int, int]]:
     if len(colors) < n:
         colors = ([(0, 0, 0)] + colors)[:n] if info.num_classes == 1 else colors + default_colors(n)[len(colors):]
     return colors  # type: ignore[return-value]
+
+
+# -------------------------------------------------------------------------------------------- policy
+#: Whether channels_last pays off, per device type and phase, from the measurements in docs/performance.md.
+CHANNELS_LAST = {("cpu", "train"): True, ("cpu", "infer"): True, ("cuda", "train"): True,
+                 ("cuda", "infer"): True}
+
+
+def preferred_channels_last(device: str | torch.device, phase: str = "train") -> bool:
+    """Whether to run in channels_last on ``device`` for ``phase`` (``"train"`` or ``"infer"``).
+
+    The CPU choices are measured (channels_last is faster for training and inference, see
+    docs/performance.md); the CUDA ones follow cuDNN's NHWC kernels and were not measured here.
+    ``unetkit bench --channels-last both`` re-measures it on your machine.
+    """
+    return CHANNELS_LAST.get((torch.device(device).type, phase), False)
+
+
+def compile_for_inference(model: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile`` with ``freezing``: weights become constants, so conv+BN folding, conv+ReLU fusion
+    and (on CPU) oneDNN weight prepacking happen at compile time. Only for models that no longer train."""
+    return torch.compile(model, options={"freezing": True})  # type: ignore[return-value]
+
+
+def prepare_inference(model: torch.nn.Module, example: torch.Tensor, fuse: bool = True,
+                      channels_last: bool | None = None,
+                      compile: bool = False) -> tuple[torch.nn.Module, torch.Tensor]:
+    """Return ``(model, example)`` set up for fast inference: eval, conv+BN folded, layout, compiled.
+
+    ``channels_last=None`` uses :func:`preferred_channels_last` for the example's device. Call the result
+    under ``torch.inference_mode()``; feed it inputs in the returned example's memory format. The model is
+    changed in place (fusing is irreversible), so pass a copy to keep a trainable one.
+    """
+    from .models.fuse import fuse_conv_bn
+
+    model.eval()
+    if fuse:
+        fuse_conv_bn(model, example)
+    cl = preferred_channels_last(example.device, "infer") if channels_last is None else channels_last
+    if cl:
+        model = model.to(memory_format=torch.channels_last)
+        example = example.contiguous(memory_format=torch.channels_last)
+    else:
+        example = example.contiguous()
+    return (compile_for_inference(model) if compile else model), example

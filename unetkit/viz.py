@@ -47,17 +47,21 @@ def overlay(image01: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tenso
 
 def sample_panel(images01: Sequence[torch.Tensor], truths: Sequence[torch.Tensor],
                  preds: Sequence[torch.Tensor], colors: Sequence[Color], gap: int = 4,
-                 min_size: int = 0) -> np.ndarray:
+                 min_size: int = 0, max_size: int | None = None) -> np.ndarray:
     """Rows of ``image | truth overlay | prediction overlay`` as one uint8 RGB array.
 
-    Tiles smaller than ``min_size`` pixels are enlarged by an integer factor (nearest neighbour, so
-    label edges stay crisp).
+    Tiles smaller than ``min_size`` pixels are enlarged by an integer factor, tiles larger than
+    ``max_size`` shrunk by one (nearest neighbour both ways, so label edges stay crisp).
     """
     rows = []
     for img, truth, pred in zip(images01, truths, preds):
         tiles = [to_rgb8(img), overlay(img, truth, colors, 0.45), overlay(img, pred, colors, 0.45)]
-        k = max(1, min_size // max(tiles[0].shape[:2]))
+        side = max(tiles[0].shape[:2])
+        k = max(1, min_size // side)
         tiles = [t.repeat(k, 0).repeat(k, 1) for t in tiles]
+        if max_size and side > max_size:
+            s = -(-side // max_size)
+            tiles = [t[::s, ::s] for t in tiles]
         sep = np.full((tiles[0].shape[0], gap, 3), 255, np.uint8)
         rows.append(np.concatenate([tiles[0], sep, tiles[1], sep, tiles[2]], 1))
     width = max(r.shape[1] for r in rows)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from .. import __version__
 
 #: Subcommand modules, in ``--help`` order.
-COMMANDS = ("train", "evaluate", "predict", "export", "info", "data", "bench")
+COMMANDS = ("train", "plan", "evaluate", "predict", "export", "info", "data", "bench")
 
 
 class CLIError(Exception):

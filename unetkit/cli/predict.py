@@ -31,8 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", metavar="CKPT|MODEL.onnx", help="checkpoint file, run directory or .onnx file")
     p.add_argument("inputs", nargs="+", metavar="INPUTS", help="image files, folders or glob patterns")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (must not hold the inputs)")
-    p.add_argument("--tile", type=int, default=None, metavar="N",
-                   help="sliding-window tile size for large images (default: whole image at once)")
+    p.add_argument("--tile", type=int, nargs="+", default=None, metavar="N",
+                   help="sliding-window tile size, one or two numbers (default: the training patch size stored "
+                        "in the model, else the whole image at once)")
     p.add_argument("--overlap", type=float, default=0.5, help="tile overlap fraction in [0, 1) (default 0.5)")
     p.add_argument("--tta", action="store_true", help="average predictions over horizontal/vertical flips")
     p.add_argument("--probs", action="store_true", help="also write class probabilities as <stem>_probs.npy")
@@ -96,16 +97,16 @@ def check_outputs(inputs: list[Path], out: Path) -> None:
 
 def _precheck_channels(inputs: list[Path], in_channels: int) -> None:
     """Header-only look at every input, so a channel mismatch stops the run before anything is written."""
-    from ..data.io import read_image_info
+    from ..data.io import channels_convertible, read_image_info
 
     for f in inputs:
         try:
             c = read_image_info(f).channels
         except Exception:  # noqa: BLE001 - unreadable files are reported per file later
             continue
-        if c != in_channels and (c, in_channels) not in ((3, 1), (1, 3)):
-            raise CLIError(f"{f}: {c}-channel image, but the model takes {in_channels} channel(s); only grey <-> "
-                           "RGB is converted: pass images with the model's channel count or another model")
+        if not channels_convertible(c, in_channels):
+            raise CLIError(f"{f}: {c}-channel image, but the model takes {in_channels} channel(s); only grey -> "
+                           "any and RGB -> grey are converted: pass images with the model's channel count")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -113,10 +114,11 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data.io import read_image
     from ..infer import image_to_tensor, load_predictor, palette, predict
+    from ..models.outputs import probs_to_labels
     from ..viz import overlay, save_mask_png, save_rgb_png
 
-    if args.tile is not None and args.tile < 1:
-        raise CLIError(f"--tile must be a positive size, got {args.tile}")
+    if args.tile is not None and (min(args.tile) < 1 or len(args.tile) > 2):
+        raise CLIError(f"--tile takes one or two positive sizes, got {' '.join(map(str, args.tile))}")
     if not 0 <= args.overlap < 1:
         raise CLIError(f"--overlap must be in [0, 1), got {args.overlap}")
     if args.batch_size < 1:
@@ -133,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model, info = load_predictor(args.model, device)
     _precheck_channels(inputs, info.in_channels)
+    tile = info.patch_size if args.tile is None else (args.tile[0], args.tile[-1])
+    pad = info.normalization.pad_value() if tile is not None else None
     colors = palette(info)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -150,10 +154,10 @@ def run(args: argparse.Namespace) -> int:
             x, raw = image_to_tensor(arr, info)
         except ValueError as e:
             raise CLIError(f"{f}: {e}") from e
-        result = predict(model, x, tile_size=args.tile, overlap=args.overlap, tta=args.tta,
-                         output="probs", batch_size=args.batch_size)
+        result = predict(model, x, tile_size=tile, overlap=args.overlap, tta=args.tta, output="probs",
+                         batch_size=args.batch_size, pad_value=pad)
         probs = result.float().cpu()
-        labels = ((probs[0] > 0.5).long() if probs.shape[0] == 1 else probs.argmax(0)).numpy()
+        labels = probs_to_labels(probs[None])[0].numpy()
         stem = f.stem
         atomic_write(out / f"{stem}_mask.png", lambda tmp, lab=labels: save_mask_png(lab, colors, tmp))
         ov = overlay(raw, labels, colors, args.alpha)

@@ -25,6 +25,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--devices", type=int, metavar="N",
                    help="launch N local processes with torchrun (DDP); or start under torchrun yourself")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_train_options(p)
+    p.set_defaults(func=run)
+
+
+def add_train_options(p: argparse.ArgumentParser) -> None:
+    """Every :class:`TrainConfig` option (model options included) as a flag, grouped as in the config."""
     hints = typing.get_type_hints(TrainConfig)
     defaults = TrainConfig()
     group = p
@@ -36,7 +42,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             group = p.add_argument_group(GROUPS[f.name])
         if f.name != "data_options":
             add_field(group, f, hints[f.name], default=getattr(defaults, f.name), suppress=True)
-    p.set_defaults(func=run)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -62,9 +67,9 @@ def run(args: argparse.Namespace) -> int:
     from ..train.distributed import cleanup_distributed
 
     cfg = config_from_args(args)
-    given_epochs = "epochs" in vars(args)
+    longer = "epochs" in vars(args) or "time" in vars(args)  # a resumed run may be extended
     try:
-        result = fit(cfg if (args.resume is None or given_epochs) else None, resume=args.resume,
+        result = fit(cfg if (args.resume is None or longer) else None, resume=args.resume,
                      progress=not args.quiet)
     finally:  # leave the process group before exit: gloo's threads abort the process if torn down live
         cleanup_distributed()

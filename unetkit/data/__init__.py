@@ -12,14 +12,8 @@ Every dataset returns ``(image float32 (C, H, W) normalised, mask int64 (H, W))`
 See ``docs/data.md``.
 """
 
-from .base import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    ArrayDataset,
-    SegmentationDataset,
-    compute_stats,
-    imagenet_stats,
-)
+from ..models.encoders.base import IMAGENET_MEAN, IMAGENET_STD
+from .base import ArrayDataset, SegmentationDataset, compute_stats
 from .classes import IGNORE_COLOR, default_colors, default_names, read_class_file
 from .ct_chest import CT_CHEST_CLASSES, CT_CHEST_COLORS, CT_CHEST_WINDOW, CTChestDataset, load_ct_chest
 from .errors import DatasetError
@@ -27,6 +21,7 @@ from .export import export_dataset
 from .folder import FolderDataset, FolderScan, load_folder, scan_folder, split_indices
 from .io import IMAGE_EXTENSIONS, read_image, read_mask
 from .loader import make_loader
+from .preprocess import Normalization, imagenet_stats, prepare_image
 from .registry import BUILTIN_DATASETS, DEFAULT_DATASET, dataset_names, get_dataset, get_datasets
 from .shapes import ShapesDataset, generate_shapes
 from .transforms import AugmentConfig, JointTransform, build_transforms
@@ -48,6 +43,7 @@ __all__ = [
     "FolderDataset",
     "FolderScan",
     "JointTransform",
+    "Normalization",
     "SegmentationDataset",
     "ShapesDataset",
     "build_transforms",
@@ -63,6 +59,7 @@ __all__ = [
     "load_ct_chest",
     "load_folder",
     "make_loader",
+    "prepare_image",
     "read_class_file",
     "read_image",
     "read_mask",

@@ -10,20 +10,9 @@ from torch.utils.data import Dataset
 
 from .classes import Color
 from .io import convert_channels, to_image_tensor, to_mask_tensor
-
-#: ImageNet channel statistics (RGB), for encoders pretrained on ImageNet.
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+from .preprocess import Normalization
 
 JointTransformFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-
-
-def imagenet_stats(in_channels: int = 3) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """ImageNet mean/std for ``in_channels`` (RGB values for 3; their average repeated otherwise)."""
-    if in_channels == 3:
-        return IMAGENET_MEAN, IMAGENET_STD
-    m, s = float(np.mean(IMAGENET_MEAN)), float(np.mean(IMAGENET_STD))
-    return (m,) * in_channels, (s,) * in_channels
 
 
 class SegmentationDataset(Dataset):
@@ -83,8 +72,8 @@ class SegmentationDataset(Dataset):
         raise NotImplementedError
 
     # ----------------------------------------------------------------- public API
-    def load_raw(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sample ``index`` before augmentation and normalisation: float image in [0, 1], int64 mask."""
+    def load_stored(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sample ``index`` as stored: image ``(C, H, W)`` (uint8/uint16/float32, ``in_channels``), mask ``(H, W)``."""
         if index < 0:
             index += len(self)
         if not 0 <= index < len(self):
@@ -93,35 +82,44 @@ class SegmentationDataset(Dataset):
         if image.shape[0] != self.in_channels:
             image = np.ascontiguousarray(
                 convert_channels(np.moveaxis(image, 0, -1), self.in_channels).transpose(2, 0, 1))
+        return image, mask
+
+    def load_raw(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample ``index`` before augmentation and normalisation: float image in [0, 1], int64 mask."""
+        image, mask = self.load_stored(index)
         return to_image_tensor(image), to_mask_tensor(mask)
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        """``(height, width)`` of sample ``index`` (subclasses answer without decoding when they can)."""
+        h, w = self._load(index)[1].shape[-2:]
+        return int(h), int(w)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.load_raw(index)
         if self.transform is not None:
             image, mask = self.transform(image, mask)
-        image = (image - self._mean_t) / self._std_t
-        return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
+        return self.normalize(image), mask.as_subclass(torch.Tensor)
 
-    def set_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:
-        """Use ``(x - mean) / std`` per channel (``x`` in [0, 1]); one value is broadcast to all channels."""
-        mean_l = [float(v) for v in mean]
-        std_l = [float(v) for v in std]
-        if len(mean_l) == 1:
-            mean_l *= self.in_channels
-        if len(std_l) == 1:
-            std_l *= self.in_channels
-        if len(mean_l) != self.in_channels or len(std_l) != self.in_channels:
-            raise ValueError(f"mean/std need {self.in_channels} values (in_channels), got {len(mean_l)}/{len(std_l)}")
-        if any(s <= 0 for s in std_l):
-            raise ValueError(f"std values must be > 0, got {std_l}")
-        self.mean = tuple(mean_l)
-        self.std = tuple(std_l)
-        self._mean_t = torch.tensor(mean_l, dtype=torch.float32).view(-1, 1, 1)
-        self._std_t = torch.tensor(std_l, dtype=torch.float32).view(-1, 1, 1)
+    def normalize(self, image01: torch.Tensor) -> torch.Tensor:
+        """Apply the dataset's :class:`Normalization` to a [0, 1] image ``(C, H, W)``."""
+        return self.normalization.apply(image01.as_subclass(torch.Tensor))
+
+    def set_normalization(self, mean: Sequence[float] | Normalization, std: Sequence[float] | None = None,
+                          clip: Sequence[Sequence[float]] | None = None) -> None:
+        """Use a :class:`Normalization`, or an optional per-channel ``clip`` then ``(x - mean) / std``
+        (``x`` in [0, 1]); one value is broadcast to all channels."""
+        if isinstance(mean, Normalization):
+            norm = mean
+        else:
+            if std is None:
+                raise ValueError("pass std together with mean")
+            norm = Normalization(tuple(mean), tuple(std), None if clip is None else tuple(map(tuple, clip)))
+        self.normalization = norm.broadcast(self.in_channels)
+        self.mean, self.std = self.normalization.mean, self.normalization.std
 
     def denormalize(self, image: torch.Tensor) -> torch.Tensor:
-        """Undo the normalisation of an image (``(C, H, W)`` or ``(N, C, H, W)``) back to [0, 1] (for display)."""
-        return image * self._std_t.to(image.device) + self._mean_t.to(image.device)
+        """A normalised ``(C, H, W)`` or ``(N, C, H, W)`` image back in [0, 1] for display (over its clip window)."""
+        return self.normalization.display(image)
 
     def class_pixel_counts(self) -> np.ndarray:
         """Pixels per class over all (un-augmented) masks, ``int64[num_classes]`` (ignore pixels skipped)."""

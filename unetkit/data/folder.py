@@ -26,7 +26,16 @@ from PIL import Image
 from .base import SegmentationDataset
 from .classes import Color, default_colors, default_names, read_class_file
 from .errors import DatasetError
-from .io import IMAGE_EXTENSIONS, ImageInfo, convert_channels, is_tiff, read_image, read_image_info, read_mask
+from .io import (
+    IMAGE_EXTENSIONS,
+    ImageInfo,
+    channels_convertible,
+    convert_channels,
+    is_tiff,
+    read_image,
+    read_image_info,
+    read_mask,
+)
 
 logger = logging.getLogger("unetkit.data")
 
@@ -266,9 +275,9 @@ def scan_folder(
         for p in pairs:
             assert p.info is not None
             c = p.info.channels
-            if c != in_channels and not (c == 1 or (c == 3 and in_channels == 1)):
-                raise DatasetError(f"{p.rel_image} has {c} channels but in_channels={in_channels}; only 1<->3 "
-                                   "channel conversion is automatic, convert the image or change in_channels")
+            if not channels_convertible(c, in_channels):
+                raise DatasetError(f"{p.rel_image} has {c} channels but in_channels={in_channels}; only grey -> "
+                                   "any and RGB -> grey are converted: convert the image or change --in-channels")
 
     # RGB (colour-coded) masks -> labels.
     lut: dict[int, int] = {}
@@ -397,6 +406,17 @@ class FolderDataset(SegmentationDataset):
         image = p.image_data if p.image_data is not None else _decode_image(p, self.in_channels)
         mask = p.mask_data if p.mask_data is not None else self._read_mask(p)
         return image, mask
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        info = self._pairs[index].info
+        assert info is not None
+        return info.height, info.width
+
+    def dtype(self, index: int) -> str:
+        """Stored pixel type of image ``index`` (``uint8``, ``uint16`` or ``float32``), from its header."""
+        info = self._pairs[index].info
+        assert info is not None
+        return info.dtype
 
     def _read_mask(self, p: _Pair) -> np.ndarray:
         mask = read_mask(p.mask)

@@ -175,6 +175,15 @@ def read_mask(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def channels_convertible(have: int, want: int) -> bool:
+    """Whether :func:`convert_channels` turns ``have`` channels into ``want``: grey -> any, RGB -> grey.
+
+    The one rule for training data and for images given to a trained model; other conversions (e.g. 2 -> 3)
+    would invent or drop information, so they are refused.
+    """
+    return have == want or have == 1 or (have, want) == (3, 1)
+
+
 def convert_channels(arr: np.ndarray, channels: int) -> np.ndarray:
     """Convert an ``(H, W, C)`` image to ``channels`` (1 -> 3 replicates; 3 -> 1 uses ITU-R 601 luma)."""
     c = arr.shape[-1]

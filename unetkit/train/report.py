@@ -20,11 +20,11 @@ from ..atomic import atomic_write
 from ..evaluate import EvalResult
 from ..viz import save_rgb_png
 
-CSV_COLUMNS = ("epoch", "train_loss", "val_loss", "val_miou", "val_dice", "val_pixel_accuracy", "lr", "seconds")
+CSV_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_miou", "val_dice", "val_pixel_accuracy", "lr", "seconds")
 
 
 def write_metrics_csv(history: Sequence[dict[str, Any]], path: Path) -> None:
-    """One row per epoch, the columns of :data:`CSV_COLUMNS`."""
+    """One row per epoch, the columns of :data:`CSV_COLUMNS` (validation columns empty between validations)."""
     def write(tmp: Path) -> None:
         with open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
@@ -62,16 +62,18 @@ def curves_png(history: Sequence[dict[str, Any]]) -> bytes:
     import matplotlib.pyplot as plt
 
     ep = [h["epoch"] for h in history]
+    val = [h for h in history if "val_miou" in h]
+    vep = [h["epoch"] for h in val]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
     a.plot(ep, [h["train_loss"] for h in history], label="train")
-    a.plot(ep, [h["val_loss"] for h in history], label="validation")
+    a.plot(vep, [h["val_loss"] for h in val], label="validation", marker="." if len(val) < 30 else None)
     a.set_xlabel("epoch")
     a.set_ylabel("loss")
     a.set_yscale("log")
     a.legend()
     a.grid(alpha=0.3)
-    b.plot(ep, [h["val_miou"] for h in history], label="val mIoU")
-    b.plot(ep, [h["val_dice"] for h in history], label="val Dice")
+    b.plot(vep, [h["val_miou"] for h in val], label="val mIoU")
+    b.plot(vep, [h["val_dice"] for h in val], label="val Dice")
     b.set_xlabel("epoch")
     b.set_ylim(0, 1)
     b.legend(loc="lower right")

@@ -14,7 +14,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,15 +27,20 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_write
+from ..atomic import atomic_write, remove_stale_temporaries
 from ..checkpoint import DataInfo, read_checkpoint, save_checkpoint
 from ..data import AugmentConfig, SegmentationDataset, get_datasets
+from ..data.fingerprint import Fingerprint
+from ..data.patches import PatchDataset
 from ..evaluate import EvalResult, evaluate
+from ..infer import predict
 from ..losses import DeepSupervisionLoss, build_loss
 from ..models import UNet
+from ..timing import synchronize
 from ..viz import sample_panel
 from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum, init_distributed
+from .plan import Plan, apply_plan, format_duration, load_and_plan, make_plan
 from .report import curves_png, png_bytes, save_png, write_metrics_csv, write_report
 
 #: Seconds between redraws of ``curves.png`` during a run (drawing costs about 0.2 s; the demo's epochs
@@ -58,6 +63,8 @@ class RunResult:
     history: list[dict[str, Any]]
     final: EvalResult | None
     stopped_early: bool = False
+    steps: int = 0
+    time: dict[str, Any] | None = None
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -121,19 +128,27 @@ def build_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim
     raise ValueError(f"optimizer must be adam, adamw or sgd, not {cfg.optimizer!r}")
 
 
-def build_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: int) -> Any:
-    """``plateau`` (on val mIoU, stepped per epoch) or ``cosine``/``poly``/``none`` (stepped per optimizer
-    step, after a linear warm-up of ``warmup_epochs``)."""
+def build_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, total_steps: int | Callable[[], int],
+                    warmup_steps: int | Callable[[], int] = 0) -> Any:
+    """``plateau`` (on val mIoU, stepped per validation) or ``cosine``/``poly``/``none`` (stepped per optimizer
+    step, after a linear warm-up of ``warmup_steps``).
+
+    ``total_steps`` and ``warmup_steps`` may be callables: a time-budgeted run learns its length from the
+    first steps' timing, and the schedule follows the updated value.
+    """
     name = cfg.scheduler.lower()
     if name == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5,
                                                           patience=cfg.plateau_patience)
     if name not in ("cosine", "poly", "none"):
         raise ValueError(f"scheduler must be plateau, cosine, poly or none, not {cfg.scheduler!r}")
-    total = max(1, cfg.epochs * steps_per_epoch)
-    warmup = min(cfg.warmup_epochs * steps_per_epoch, total - 1)
+
+    def value(v: int | Callable[[], int]) -> int:
+        return int(v() if callable(v) else v)
 
     def factor(step: int) -> float:
+        total = max(1, value(total_steps))
+        warmup = min(value(warmup_steps), total - 1)
         if step < warmup:
             return (step + 1) / (warmup + 1)
         t = min(1.0, (step - warmup) / max(1, total - warmup))
@@ -150,11 +165,20 @@ def augment_config(cfg: TrainConfig) -> AugmentConfig | None:
     if not cfg.augment:
         return None
     return AugmentConfig(hflip=cfg.hflip, vflip=cfg.vflip, rotate=cfg.rotate, scale=cfg.scale,
-                         elastic=cfg.elastic, color_jitter=cfg.color_jitter, crop_size=cfg.patch_size)
+                         elastic=cfg.elastic, color_jitter=cfg.color_jitter)
 
 
 def default_run_dir() -> Path:
     return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    """Maximum over ranks in place (a no-op in a single process): "any rank says stop"."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
 
 
 def _unwrap(model: nn.Module) -> UNet:
@@ -162,51 +186,107 @@ def _unwrap(model: nn.Module) -> UNet:
 
 
 # --------------------------------------------------------------------------- the trainer
+#: Optimizer steps timed (after one untimed) before a time-budgeted run fixes its length.
+PROBE_STEPS = 6
+#: Share of the training time validation may take when the planner sets the validation schedule.
+VAL_SHARE = 0.1
+#: Provisional length of a run that only a time budget bounds, until its first steps are timed.
+UNBOUNDED_STEPS = 10**9
+
+
+@dataclass
+class Budget:
+    """Where a run's time goes (seconds); ``limit`` is the budget (``None``: no budget).
+
+    ``elapsed`` is the run's wall time by ``clock`` (earlier sessions of a resumed run included); setup,
+    training, validation and the final evaluation are its parts, and "other" (checkpoints, pictures) the rest.
+    """
+
+    limit: float | None = None
+    setup: float = 0.0
+    train: float = 0.0
+    validation: float = 0.0
+    final: float = 0.0
+    before: float = 0.0  # wall time of earlier sessions
+    step_s: float | None = None
+    val_s: float | None = None
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
+    start: float = field(default=0.0, repr=False, compare=False)
+
+    def elapsed(self) -> float:
+        return self.before + self.clock() - self.start
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in ("limit", "setup", "train", "validation", "final", "step_s", "val_s")}
+        d["elapsed"] = self.elapsed()
+        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in d.items()}
+
+    def describe(self, steps: int, validations: int) -> str:
+        total = self.elapsed()
+        other = total - self.setup - self.train - self.validation - self.final
+        parts = [f"setup {self.setup:.1f}s", f"training {self.train:.1f}s ({steps} steps"
+                 + (f", {self.train / max(steps, 1):.3f} s/step)" if steps else ")"),
+                 f"validation {self.validation:.1f}s ({validations}x)", f"final evaluation {self.final:.1f}s",
+                 f"checkpoints and pictures {max(other, 0.0):.1f}s"]
+        head = f"time {total:.1f}s" + (f" of a {format_duration(self.limit)} budget" if self.limit else "")
+        return f"{head}: " + ", ".join(parts)
+
+
 class Trainer:
-    """Holds a run's state; :meth:`run` trains epoch by epoch. Most users call :func:`fit`."""
+    """Holds a run's state; :meth:`run` trains until the planned steps or the time budget are spent.
+
+    ``clock`` (seconds, monotonic) is injectable so tests can check the time budget without waiting.
+    Most users call :func:`fit`.
+    """
 
     def __init__(self, cfg: TrainConfig | None = None, *, resume: str | Path | None = None,
-                 progress: bool = True, log: Callable[[str], None] = print) -> None:
+                 progress: bool = True, log: Callable[[str], None] = print,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        t_setup = clock()
         ckpt = None
-        if resume is not None:  # the saved config, except that cfg.epochs may extend the run
+        if resume is not None:  # the saved config, except that cfg.epochs / cfg.time may extend the run
             ckpt = read_checkpoint(Path(resume) / "last.pt" if Path(resume).is_dir() else resume)
-            saved = TrainConfig.from_dict(ckpt["config"])
+            saved = TrainConfig.from_dict(ckpt["config"], where=ckpt["path"])
             if cfg is not None:
-                saved.epochs = cfg.epochs
+                saved.epochs, saved.time = cfg.epochs or saved.epochs, cfg.time or saved.time
             cfg = saved
             cfg.out = str(Path(ckpt["path"]).parent)
         cfg = cfg or TrainConfig()
-        # Interim: the previous fixed defaults until the planner decides them.
-        cfg.epochs = cfg.epochs or 120
-        cfg.batch_size = cfg.batch_size or 4
-        cfg.loss = cfg.loss or "ce+dice"
-        if cfg.model.base_channels is None:
-            cfg.model = cfg.model.replace(base_channels=16)
         self.dist: DistInfo = init_distributed(cfg.device)
         self.progress = progress
         self._log = log
-        self.cfg = cfg
         seed_everything(cfg.seed + self.dist.rank, cfg.deterministic)
         dev = self.dist.device
 
-        # Data first: bad input fails here, before anything is written.
-        norm = {}
-        if ckpt is not None:
-            norm = {"mean": ckpt["data"]["mean"], "std": ckpt["data"]["std"]}
-        self.train_ds, val_ds = get_datasets(
-            cfg.data, augment=augment_config(cfg), num_classes=cfg.num_classes, in_channels=cfg.in_channels,
-            ignore_index=cfg.ignore_index, val_fraction=cfg.val_fraction, seed=cfg.seed, **norm,
-            **cfg.data_options)
+        # Data first: bad input fails here, before anything is written. Then the plan: from the data's
+        # fingerprint, or from the checkpoint when resuming.
+        self.fingerprint: Fingerprint | None = None
+        if ckpt is not None and "plan" in ckpt:
+            self.train_ds, val_ds = get_datasets(
+                cfg.data, augment=augment_config(cfg), num_classes=cfg.num_classes, in_channels=cfg.in_channels,
+                ignore_index=cfg.ignore_index, val_fraction=cfg.val_fraction, seed=cfg.seed, mean=(0.0,),
+                std=(1.0,), **cfg.data_options)
+            plan = Plan.from_dict(ckpt["plan"])
+            if cfg.epochs is not None or cfg.time is not None:  # a longer run asked for on resume
+                extended = make_plan(fingerprint_stub(self.train_ds), apply_plan(cfg, plan), dev)
+                plan.epochs, plan.max_steps, plan.time_budget_s = (extended.epochs, extended.max_steps,
+                                                                   extended.time_budget_s)
+            for d in (self.train_ds, val_ds):
+                if d is not None:
+                    d.set_normalization(plan.norm)
+        else:
+            self.train_ds, val_ds, self.fingerprint, plan = load_and_plan(cfg, dev, augment_config(cfg))
         if val_ds is None:
             raise ValueError(f"{cfg.data}: no validation data; add val/images + val/masks or set val_fraction > 0")
         self.val_ds: SegmentationDataset = val_ds
         ds = self.train_ds
+        self.plan = plan
+        self.cfg = cfg = apply_plan(cfg, plan)
+        cfg.model = cfg.model.replace(num_classes=ds.num_classes, in_channels=ds.in_channels)
 
-        model = UNet(cfg.model.replace(num_classes=ds.num_classes, in_channels=ds.in_channels))
-        if model.encoder.mean is not None and ckpt is None:  # pretrained encoder: its normalisation
-            for d in (self.train_ds, self.val_ds):
-                d.set_normalization(model.encoder.mean, model.encoder.std)
-        self.data_info = DataInfo.from_dataset(self.train_ds)
+        model = UNet(cfg.model)
+        self.data_info = DataInfo.from_dataset(self.train_ds, plan.patch_size)
         if ckpt is not None:
             model.load_state_dict(ckpt["model"])
         if cfg.sync_bn and self.dist.enabled:
@@ -218,23 +298,33 @@ class Trainer:
         if self.dist.enabled:
             self.model = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
 
-        self.eval_loss = build_loss(cfg.loss, ds.num_classes, cfg.ignore_index, cfg.class_weights)
+        self.eval_loss = build_loss(plan.loss, ds.num_classes, cfg.ignore_index, plan.class_weights)
         self.loss = DeepSupervisionLoss(self.eval_loss) if cfg.model.deep_supervision else self.eval_loss
         self.amp_dtype = resolve_amp(cfg.amp, dev)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
 
+        self.patches = PatchDataset(ds, plan.patch_size, plan.foreground_fraction, seed=cfg.seed,
+                                    min_length=plan.batch_size * self.dist.world_size)
         workers = cfg.num_workers if cfg.num_workers is not None else (0 if dev.type == "cpu" else 4)
-        self.sampler = DistributedSampler(ds, num_replicas=self.dist.world_size, rank=self.dist.rank,
+        self.sampler = DistributedSampler(self.patches, num_replicas=self.dist.world_size, rank=self.dist.rank,
                                           shuffle=True, seed=cfg.seed)
-        self.loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=self.sampler, num_workers=workers,
-                                 pin_memory=dev.type == "cuda", persistent_workers=workers > 0,
-                                 drop_last=len(ds) // self.dist.world_size > cfg.batch_size)
-        self.steps_per_epoch = math.ceil(len(self.loader) / cfg.grad_accum)
+        per_rank = len(self.sampler)
+        self.loader = DataLoader(self.patches, batch_size=plan.batch_size, sampler=self.sampler,
+                                 num_workers=workers, pin_memory=dev.type == "cuda", persistent_workers=workers > 0,
+                                 drop_last=per_rank > plan.batch_size)
+        self.steps_per_epoch = max(1, len(self.loader) // cfg.grad_accum)
         self.optimizer = build_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
-        self.scheduler = build_scheduler(cfg, self.optimizer, self.steps_per_epoch)
+        self.total_steps = (plan.epochs * self.steps_per_epoch if plan.epochs else
+                            plan.max_steps or UNBOUNDED_STEPS)
+        self.val_every = cfg.val_every or 1
+        self.scheduler = build_scheduler(cfg, self.optimizer, lambda: self.total_steps,
+                                         lambda: min(cfg.warmup_epochs * self.steps_per_epoch,
+                                                     self.total_steps // 10 or 1))
 
         self.history: list[dict[str, Any]] = []
-        self.best_miou, self.best_epoch, self.start_epoch = -1.0, 0, 0
+        self.best_miou, self.best_epoch, self.start_epoch, self.step = -1.0, 0, 0, 0
+        self.budget = Budget(limit=plan.time_budget_s, clock=clock, start=t_setup)
+        self.sized = plan.time_budget_s is None  # the run's length is known (no budget to measure against)
         if ckpt is not None:
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -242,6 +332,16 @@ class Trainer:
             self.history = list(ckpt["history"])
             self.best_miou, self.best_epoch = float(ckpt["best_miou"]), int(ckpt["best_epoch"])
             self.start_epoch = int(ckpt["epoch"])
+            run = ckpt.get("run", {})
+            self.step = int(run.get("step", self.start_epoch * self.steps_per_epoch))
+            self.val_every = int(run.get("val_every", self.val_every))
+            if run.get("total_steps") and not (cfg.epochs or cfg.time) and run.get("sized"):
+                self.total_steps, self.sized = int(run["total_steps"]), True
+            saved_time = run.get("time") or {}
+            for k in ("setup", "train", "validation", "final", "step_s", "val_s"):
+                if k in saved_time:
+                    setattr(self.budget, k, saved_time[k])
+            self.budget.before = float(saved_time.get("elapsed", 0.0))
             if self.dist.is_main:
                 set_rng_state(ckpt["rng"])
         self.run_dir = Path(cfg.out) if cfg.out else default_run_dir()
@@ -249,6 +349,7 @@ class Trainer:
         n = len(self.val_ds)
         self.sample_idx = sorted({round(i * (n - 1) / max(1, cfg.samples - 1)) for i in range(cfg.samples)}) \
             if cfg.samples > 0 else []
+        self.budget.setup += clock() - t_setup
 
     # ----------------------------------------------------------------- helpers
     def log(self, msg: str) -> None:
@@ -260,39 +361,132 @@ class Trainer:
         return torch.autocast(dev, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
     def checkpoint_state(self, epoch: int) -> dict[str, Any]:
-        return {"model": _unwrap(self.model).state_dict(), "model_config": _unwrap(self.model).config.to_dict(),
-                "data": self.data_info.to_dict(), "config": self.cfg.to_dict(), "epoch": epoch,
+        m = _unwrap(self.model)
+        return {"model": m.state_dict(), "model_config": m.config.to_dict(), "data": self.data_info.to_dict(),
+                "config": self.cfg.to_dict(), "plan": self.plan.to_dict(), "epoch": epoch,
                 "best_miou": self.best_miou, "best_epoch": self.best_epoch, "history": self.history,
+                "run": {"step": self.step, "total_steps": self.total_steps, "sized": self.sized,
+                        "val_every": self.val_every, "time": self.budget.to_dict()},
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "rng": rng_state()}
 
     def describe(self) -> str:
-        cfg, ds, w = self.cfg, self.train_ds, self.dist.world_size
+        cfg, ds, w, plan = self.cfg, self.train_ds, self.dist.world_size, self.plan
         m = _unwrap(self.model)
         params = sum(p.numel() for p in m.parameters())
         amp = "fp32" if self.amp_dtype is None else str(self.amp_dtype).replace("torch.", "")
+        mc = m.config
+        width = f", base {mc.base_channels}" if mc.encoder == "plain" else ""
         return (f"data {cfg.data}: {len(ds)} train / {len(self.val_ds)} val images, {ds.num_classes} classes, "
-                f"{ds.in_channels} channel(s)\nmodel UNet({m.config.encoder}, base {m.config.base_channels}, depth {m.config.depth})"
-                f": {params / 1e6:.2f}M parameters on {self.dist.device} ({amp})"
-                f"{f', {w} processes' if w > 1 else ''}\nglobal batch {cfg.batch_size * w * cfg.grad_accum} "
-                f"(= {cfg.batch_size}/process x {w} x {cfg.grad_accum} accumulation), lr {cfg.lr:g} "
-                f"{cfg.optimizer} + {cfg.scheduler}, loss {cfg.loss}, {cfg.epochs} epochs\nrun directory {self.run_dir}")
+                f"{ds.in_channels} channel(s)\nmodel UNet({mc.encoder}{width}, depth {mc.depth}): "
+                f"{params / 1e6:.2f}M parameters on {self.dist.device} ({amp})"
+                f"{f', {w} processes' if w > 1 else ''}\nglobal batch {plan.batch_size * w * cfg.grad_accum} "
+                f"(= {plan.batch_size}/process x {w} x {cfg.grad_accum} accumulation) of "
+                f"{plan.patch_size[0]}x{plan.patch_size[1]} patches, lr {cfg.lr:g} {cfg.optimizer} + "
+                f"{cfg.scheduler}, loss {plan.loss}\nplan:\n  " + plan.table().replace("\n", "\n  ")
+                + f"\nrun directory {self.run_dir}")
+
+    def _val_windows(self) -> int:
+        """Forward passes one validation takes (sliding windows of the patch size, 50 % overlap)."""
+        from ..infer import tile_starts
+
+        ph, pw = self.plan.patch_size
+        total = 0
+        for i in range(len(self.val_ds)):
+            h, w = self.val_ds.image_size(i)
+            total += len(tile_starts(max(h, ph), ph, 0.5)) * len(tile_starts(max(w, pw), pw, 0.5))
+        return total
+
+    def _size_the_run(self, step_s: float) -> None:
+        """Fix the run's length and validation schedule from the measured step time (and the budget)."""
+        dev = self.dist.device
+        model = _unwrap(self.model)
+        x = torch.zeros(self.plan.batch_size, self.train_ds.in_channels, *self.plan.patch_size, device=dev)
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        was = model.training
+        model.eval()
+        with torch.inference_mode(), self._autocast():
+            model(x)
+            synchronize(dev)
+            t0 = self.clock()
+            model(x)
+            synchronize(dev)
+            fwd = (self.clock() - t0) / self.plan.batch_size
+        model.train(was)
+        val_s = fwd * self._val_windows() * 1.2 + 0.01 * len(self.val_ds)  # + loading, loss and metrics
+        epoch_s = self.steps_per_epoch * step_s
+        if not self.cfg.val_every:
+            self.val_every = max(1, math.ceil(val_s / (VAL_SHARE * epoch_s)))
+        self.budget.step_s, self.budget.val_s = step_s, val_s
+        if self.budget.limit is not None:
+            final = 3 * val_s + 2.0  # the best checkpoint with Boundary F1, the report
+            left = self.budget.limit - self.budget.elapsed() - final
+            per_step = step_s + val_s / (self.val_every * self.steps_per_epoch)
+            fit_steps = self.step + int(max(0.0, left) / per_step)
+            self.total_steps = max(self.step, min(self.total_steps, fit_steps))
+        totals = torch.tensor([float(self.total_steps), -float(self.val_every)], device=dev)
+        if self.dist.enabled:  # every rank runs the same number of steps: the smallest estimate
+            import torch.distributed as dist
+
+            dist.all_reduce(totals, op=dist.ReduceOp.MIN)
+        self.total_steps, self.val_every = int(totals[0]), int(-totals[1])
+        self.sized = True
+        self._sized_at = (self.step, self.budget.elapsed())
+        self.log(f"measured {step_s:.3f} s/step and about {val_s:.1f} s per validation: {self.total_steps} steps "
+                 f"({self.total_steps / self.steps_per_epoch:.1f} epochs), validating every "
+                 f"{self.val_every} epoch(s)")
+
+    def _resize(self) -> None:
+        """Refit the remaining steps to the budget from the pace so far (checkpoints and validation included),
+        so the learning-rate schedule ends when the time does. Changes under 2 % are ignored."""
+        if self.budget.limit is None or not self.sized or not hasattr(self, "_sized_at"):
+            return
+        step0, t0 = self._sized_at
+        if self.step - step0 < 2 * self.steps_per_epoch:
+            return
+        pace = (self.budget.elapsed() - t0) / (self.step - step0)
+        left = self.budget.limit - self.budget.elapsed() - (3 * (self.budget.val_s or 0.0) + 2.0)
+        cap = self.plan.epochs * self.steps_per_epoch if self.plan.epochs else (self.plan.max_steps or UNBOUNDED_STEPS)
+        total = torch.tensor([float(min(cap, self.step + max(0, int(left / pace))))], device=self.dist.device)
+        if self.dist.enabled:
+            import torch.distributed as dist
+
+            dist.all_reduce(total, op=dist.ReduceOp.MIN)
+        new = int(total.item())
+        if abs(new - self.total_steps) > 0.02 * self.total_steps:
+            self.total_steps = max(new, self.step)
+
+    def _out_of_time(self) -> bool:
+        """The budget (less the final evaluation's share) is spent, agreed by every rank."""
+        if self.budget.limit is None:
+            return False
+        reserve = 3 * (self.budget.val_s or 0.0) + 2.0
+        late = self.budget.elapsed() >= self.budget.limit - reserve
+        flag = torch.tensor([1.0 if late else 0.0], device=self.dist.device)
+        all_reduce_max(flag)
+        return bool(flag.item())
 
     # ----------------------------------------------------------------- one epoch
-    def train_epoch(self, epoch: int) -> float:
+    def train_epoch(self, epoch: int) -> tuple[float, bool]:
+        """Train one epoch (or up to the run's last step); return (mean loss, out of time)."""
         cfg, dev = self.cfg, self.dist.device
         self.model.train()
         self.sampler.set_epoch(epoch)
         total = torch.zeros(2, dtype=torch.float64, device=dev)  # loss sum, batches
         n = len(self.loader)
-        bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True,
+        stop_after = min(n, (self.total_steps - self.step) * cfg.grad_accum)
+        bar = tqdm(total=stop_after, desc=f"epoch {epoch + 1}", leave=False, dynamic_ncols=True,
                    disable=not (self.progress and self.dist.is_main))
-        for step, (images, masks) in enumerate(bar):
+        out_of_time = False
+        t0 = self.clock()
+        probe_t0 = None
+        for i, (images, masks) in enumerate(self.loader):
             images = images.to(dev, non_blocking=True)
             masks = masks.to(dev, non_blocking=True)
             if cfg.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            boundary = (step + 1) % cfg.grad_accum == 0 or step + 1 == n
+            boundary = (i + 1) % cfg.grad_accum == 0 or i + 1 == n
             no_sync = self.model.no_sync() if self.dist.enabled and not boundary else contextlib.nullcontext()
             with no_sync:
                 with self._autocast():
@@ -308,21 +502,38 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 if not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                     self.scheduler.step()
+                self.step += 1
             total[0] += loss.detach().double()
             total[1] += 1
-            if step % 10 == 0 or step + 1 == n:  # the only host syncs: every 10 steps
+            bar.update(1)
+            if not self.sized and boundary:  # time the first steps, then fix the run's length
+                if probe_t0 is None:
+                    synchronize(dev)
+                    probe_t0, probe_step = self.clock(), self.step
+                elif self.step - probe_step >= PROBE_STEPS or i + 1 == n:
+                    synchronize(dev)
+                    self._size_the_run((self.clock() - probe_t0) / (self.step - probe_step))
+            last = i + 1 >= stop_after or self.step >= self.total_steps
+            if i % 10 == 0 or last or i + 1 == n:  # the only host syncs: every 10 steps
                 mean = float(total[0] / total[1])
                 if not math.isfinite(mean):
                     raise TrainingError(
-                        f"the training loss became {mean} at epoch {epoch + 1}, step {step + 1}; the last good "
-                        f"checkpoint is {self.run_dir / 'last.pt'}; lower --lr or set --grad-clip, then "
-                        f"resume with --resume {self.run_dir}")
+                        f"the training loss became {mean} at epoch {epoch + 1}, step {self.step}; the last good "
+                        f"checkpoint is {self.run_dir / 'last.pt'}; lower --lr (now {cfg.lr:g}) or set "
+                        f"--grad-clip, then resume with --resume {self.run_dir}")
                 bar.set_postfix(loss=f"{mean:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+                if not last and self._out_of_time():
+                    out_of_time = True
+                    break
+            if last:
+                break
+        bar.close()
+        self.budget.train += self.clock() - t0
         all_reduce_sum(total)
-        return float(total[0] / total[1])
+        return float(total[0] / max(total[1], 1)), out_of_time
 
     def validate(self, boundary: bool = False) -> EvalResult:
-        """Evaluate on the validation split (sharded across ranks, merged exactly)."""
+        """Evaluate on whole validation images (sharded across ranks, merged exactly)."""
         if self.dist.enabled:  # evaluate rank 0's BatchNorm statistics, the ones the checkpoint holds
             import torch.distributed as dist
 
@@ -330,8 +541,9 @@ class Trainer:
                 dist.broadcast(buf, 0)
         return evaluate(_unwrap(self.model), self.val_ds, num_classes=self.train_ds.num_classes,
                         ignore_index=self.cfg.ignore_index, loss_fn=self.eval_loss, boundary=boundary,
-                        batch_size=max(1, self.cfg.batch_size * 2), device=self.dist.device,
-                        class_names=self.train_ds.class_names, autocast_dtype=self.amp_dtype)
+                        batch_size=max(1, self.plan.batch_size), device=self.dist.device,
+                        class_names=self.train_ds.class_names, autocast_dtype=self.amp_dtype,
+                        tile_size=self.plan.patch_size)
 
     @torch.inference_mode()
     def sample_png(self) -> np.ndarray | None:
@@ -339,78 +551,104 @@ class Trainer:
         if not self.sample_idx:
             return None
         model = _unwrap(self.model)
-        was = model.training
-        model.eval()
         imgs, truths, preds = [], [], []
         for i in self.sample_idx:
             image, mask = self.val_ds[i]
-            logits = model(image[None].to(self.dist.device)).float()
-            preds.append(logits.argmax(1)[0].cpu())
-            imgs.append(self.val_ds.denormalize(image))
+            labels = predict(model, image.to(self.dist.device), tile_size=self.plan.patch_size,
+                             pad_value=self.plan.norm.pad_value()).cpu()
+            img = self.val_ds.denormalize(image)
+            imgs.append(img)
             truths.append(mask)
-        model.train(was)
-        return sample_panel(imgs, truths, preds, self.train_ds.class_colors, min_size=256)
+            preds.append(labels)
+        return sample_panel(imgs, truths, preds, self.train_ds.class_colors, min_size=256, max_size=512)
 
     # ----------------------------------------------------------------- the run
     def run(self) -> RunResult:
         cfg = self.cfg
         if self.dist.is_main:
-            (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(self.run_dir)
+            (self.run_dir / "samples").mkdir(exist_ok=True)
             atomic_write(self.run_dir / "config.yaml",
                          lambda tmp: tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
+            if self.fingerprint is not None:
+                plan_doc = {"fingerprint": self.fingerprint.to_dict(), "plan": self.plan.to_dict()}
+                atomic_write(self.run_dir / "plan.yaml",
+                             lambda tmp: tmp.write_text(yaml.safe_dump(plan_doc, sort_keys=False)))
         self.log(self.describe())
         if self.start_epoch:
-            self.log(f"resuming after epoch {self.start_epoch} (best val mIoU {self.best_miou:.4f})")
+            self.log(f"resuming after epoch {self.start_epoch}, step {self.step} (best val mIoU "
+                     f"{self.best_miou:.4f})")
         stopped_early = False
-        t_run = time.perf_counter()
-        for epoch in range(self.start_epoch, cfg.epochs):
-            t0 = time.perf_counter()
+        epoch = self.start_epoch
+        validations = sum(1 for r in self.history if r.get("val_miou") is not None)
+        while self.step < self.total_steps:
+            t0 = self.clock()
             try:
-                train_loss = self.train_epoch(epoch)
+                train_loss, out_of_time = self.train_epoch(epoch)
             except KeyboardInterrupt:
                 self.log(f"interrupted in epoch {epoch + 1}; continue with: unetkit train --resume {self.run_dir}")
                 raise
-            val = self.validate()
-            if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                self.scheduler.step(val.miou)
-            row = {"epoch": epoch + 1, "train_loss": round(train_loss, 6), "val_loss": round(val.loss or 0.0, 6),
-                   "val_miou": round(val.miou, 6), "val_dice": round(val.mdice, 6),
-                   "val_pixel_accuracy": round(val.pixel_accuracy, 6),
-                   "lr": self.optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t0, 2)}
+            finished = out_of_time or self.step >= self.total_steps
+            row: dict[str, Any] = {"epoch": epoch + 1, "step": self.step, "train_loss": round(train_loss, 6)}
+            improved = False
+            if finished or (epoch + 1) % self.val_every == 0:
+                t_val = self.clock()
+                val = self.validate()
+                self.budget.validation += self.clock() - t_val
+                validations += 1
+                if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    self.scheduler.step(val.miou)
+                row.update(val_loss=round(val.loss or 0.0, 6), val_miou=round(val.miou, 6),
+                           val_dice=round(val.mdice, 6), val_pixel_accuracy=round(val.pixel_accuracy, 6))
+                improved = val.miou > self.best_miou
+                if improved:
+                    self.best_miou, self.best_epoch = val.miou, epoch + 1
+            row.update(lr=self.optimizer.param_groups[0]["lr"], seconds=round(self.clock() - t0, 2))
             self.history.append(row)
-            improved = val.miou > self.best_miou
-            if improved:
-                self.best_miou, self.best_epoch = val.miou, epoch + 1
+            epoch += 1
             if self.dist.is_main:
-                state = self.checkpoint_state(epoch + 1)
+                state = self.checkpoint_state(epoch)
                 save_checkpoint(state, self.run_dir / "last.pt")
                 if improved:
                     save_checkpoint(state, self.run_dir / "best.pt")
                 write_metrics_csv(self.history, self.run_dir / "metrics.csv")
                 if time.monotonic() - self._curves_written >= CURVES_EVERY_S:
                     self.write_curves()
-                panel = self.sample_png()
-                if panel is not None:
-                    save_png(panel, self.run_dir / "samples" / f"epoch_{epoch + 1:03d}.png")
-                self.log(f"epoch {epoch + 1:3d}/{cfg.epochs}  train loss {train_loss:.4f}  val loss "
-                         f"{val.loss:.4f}  val mIoU {val.miou:.4f}  Dice {val.mdice:.4f}  "
-                         f"({row['seconds']:.1f}s){'  *best' if improved else ''}")
-            if cfg.early_stopping and epoch + 1 - self.best_epoch >= cfg.early_stopping:
-                self.log(f"early stopping: no better val mIoU for {cfg.early_stopping} epochs")
-                stopped_early = True
+                if "val_miou" in row:
+                    panel = self.sample_png()
+                    if panel is not None:
+                        save_png(panel, self.run_dir / "samples" / f"epoch_{epoch:03d}.png")
+                    self.log(f"epoch {epoch:3d}  step {self.step}/{self.total_steps}  train loss {train_loss:.4f}"
+                             f"  val loss {row['val_loss']:.4f}  val mIoU {row['val_miou']:.4f}  Dice "
+                             f"{row['val_dice']:.4f}  ({row['seconds']:.1f}s){'  *best' if improved else ''}")
+                else:
+                    self.log(f"epoch {epoch:3d}  step {self.step}/{self.total_steps}  train loss {train_loss:.4f}"
+                             f"  ({row['seconds']:.1f}s)")
+            if out_of_time:
+                self.log(f"time budget reached after {self.step} steps")
                 break
-        final = self.finish(time.perf_counter() - t_run)
+            self._resize()
+            if cfg.early_stopping and "val_miou" in row:
+                since = [r for r in self.history if r["epoch"] > self.best_epoch and "val_miou" in r]
+                if len(since) >= cfg.early_stopping:
+                    self.log(f"early stopping: no better val mIoU for {cfg.early_stopping} validations")
+                    stopped_early = True
+                    break
+        final = self.finish()
+        self.log(self.budget.describe(self.step, validations))
         return RunResult(run_dir=self.run_dir, best_miou=self.best_miou, best_epoch=self.best_epoch,
                          epochs_run=len(self.history), history=self.history, final=final,
-                         stopped_early=stopped_early)
+                         stopped_early=stopped_early, steps=self.step, time=self.budget.to_dict())
 
     def write_curves(self) -> None:
         """Redraw ``curves.png`` (about 0.2 s, so :meth:`run` does it at most every ``CURVES_EVERY_S``)."""
         atomic_write(self.run_dir / "curves.png", lambda tmp: tmp.write_bytes(curves_png(self.history)))
         self._curves_written = time.monotonic()
 
-    def finish(self, seconds: float) -> EvalResult | None:
+    def finish(self) -> EvalResult | None:
         """Evaluate the best checkpoint (with Boundary F1) and write ``report.html`` and ``metrics.json``."""
+        t0 = self.clock()
         best = self.run_dir / "best.pt"
         if self.dist.is_main and self.history:
             self.write_curves()
@@ -420,27 +658,39 @@ class Trainer:
             dist.barrier()  # rank 0 has written best.pt
         if not best.is_file():
             return None
-        _unwrap(self.model).load_state_dict(torch.load(best, map_location=self.dist.device,
-                                                       weights_only=True)["model"])
+        _unwrap(self.model).load_state_dict(read_checkpoint(best)["model"])
         result = self.validate(boundary=self.cfg.boundary_f1)
+        self.budget.final += self.clock() - t0
         if self.dist.is_main:
             panel = self.sample_png()
             samples = png_bytes(panel) if panel is not None else None
             facts = {"data": self.cfg.data, "best epoch": f"{self.best_epoch} of {len(self.history)}",
-                     "training time": f"{seconds / 60:.1f} min (this session)",
-                     "model": self.describe().splitlines()[1].removeprefix("model ")}
+                     "training": self.budget.describe(self.step, sum("val_miou" in r for r in self.history)),
+                     "model": self.describe().splitlines()[1].removeprefix("model "),
+                     "plan": self.plan.table()}
             write_report(self.run_dir / "report.html", title=f"unetkit run {self.run_dir.name}", result=result,
-                         history=self.history, samples_png=samples, config=self.cfg.to_dict(), facts=facts)
-            atomic_write(self.run_dir / "metrics.json",
-                         lambda tmp: tmp.write_text(json.dumps(result.to_json(), indent=2)))
+                         history=[r for r in self.history if "val_miou" in r], samples_png=samples,
+                         config=self.cfg.to_dict(), facts=facts)
+            summary = {**result.to_json(), "steps": self.step, "time": self.budget.to_dict()}
+            atomic_write(self.run_dir / "metrics.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
         return result
 
 
+def fingerprint_stub(ds: SegmentationDataset) -> Fingerprint:
+    """A fingerprint with sizes only (enough to re-plan the length of a resumed run)."""
+    n = ds.num_classes
+    return Fingerprint(name=ds.name, num_images=len(ds), num_classes=n, in_channels=ds.in_channels,
+                       class_names=list(ds.class_names), dtype="uint8",
+                       sizes=[ds.image_size(i) for i in range(len(ds))], mean=[0.0], std=[1.0], minimum=[0.0],
+                       maximum=[1.0], percentiles=[[0.0, 0.5, 1.0]], clipped_mean=[0.0], clipped_std=[1.0],
+                       class_pixels=[1] * n, class_images=[1] * n)
+
+
 def fit(cfg: TrainConfig | None = None, *, resume: str | Path | None = None, progress: bool = True,
-        log: Callable[[str], None] = print) -> RunResult:
+        log: Callable[[str], None] = print, clock: Callable[[], float] = time.monotonic) -> RunResult:
     """Train a UNet as ``cfg`` says (default: the ``ct-chest`` demo) and return the run's outcome.
 
-    ``resume``: a run directory (or its ``last.pt``) to continue; its saved config is used, except that
-    ``cfg.epochs`` (when ``cfg`` is given) may extend the run.
+    ``resume``: a run directory (or its ``last.pt``) to continue; its saved config and plan are used, except
+    that ``cfg.epochs`` / ``cfg.time`` (when ``cfg`` is given) may extend the run.
     """
-    return Trainer(cfg, resume=resume, progress=progress, log=log).run()
+    return Trainer(cfg, resume=resume, progress=progress, log=log, clock=clock).run()

@@ -1,0 +1,260 @@
+"""Patch-based training planned from the data: the planner, the patch sampler, the time budget, test sets."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from unetkit.checkpoint import read_checkpoint
+from unetkit.cli.main import main
+from unetkit.data import ArrayDataset, get_datasets
+from unetkit.data.fingerprint import Fingerprint, fingerprint
+from unetkit.data.patches import PatchDataset
+from unetkit.train import TrainConfig, fit
+from unetkit.train.config import parse_duration
+from unetkit.train.plan import Plan, make_plan, normalization_for
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def fp_of(sizes, dtype="uint8", class_pixels=(900, 50, 50), channels=1, lo=0.0, hi=1.0) -> Fingerprint:
+    """A hand-made fingerprint: image sizes, pixel type, class pixel counts."""
+    k = len(class_pixels)
+    return Fingerprint(name="hand-made", num_images=len(sizes), num_classes=k, in_channels=channels,
+                       class_names=[f"c{i}" for i in range(k)], dtype=dtype, sizes=list(sizes),
+                       mean=[0.3] * channels, std=[0.2] * channels, minimum=[lo] * channels, maximum=[hi] * channels,
+                       percentiles=[[0.01, 0.3, 0.6]] * channels, clipped_mean=[0.29] * channels,
+                       clipped_std=[0.15] * channels, class_pixels=list(class_pixels), class_images=[len(sizes)] * k)
+
+
+def cfg_for(**kw) -> TrainConfig:
+    return TrainConfig.from_dict(kw)
+
+
+# ----------------------------------------------------------------------------------------- the planner
+def test_plan_for_16_bit_images_clips_percentiles_then_z_scores():
+    fp = fp_of([(512, 512)] * 10, dtype="uint16")
+    plan = make_plan(fp, cfg_for(), "cpu")
+    assert plan.normalization == "percentile"
+    assert plan.norm.clip == ((0.01, 0.6),) and plan.norm.mean == (0.29,) and plan.norm.std == (0.15,)
+    assert "16-bit" in plan.reasons["normalization"]
+    x = torch.tensor([[[0.0, 0.3, 1.0]]])  # below, inside, above the clip range
+    assert plan.norm.apply(x).flatten().tolist() == pytest.approx([(0.01 - 0.29) / 0.15, (0.3 - 0.29) / 0.15,
+                                                                   (0.6 - 0.29) / 0.15], abs=1e-5)
+    # 8-bit images and floats already in [0, 1] keep the plain z-score; a pretrained encoder ImageNet's.
+    assert make_plan(fp_of([(64, 64)] * 4), cfg_for(), "cpu").normalization == "zscore"
+    assert make_plan(fp_of([(64, 64)] * 4, dtype="float32"), cfg_for(), "cpu").normalization == "zscore"
+    assert make_plan(fp_of([(64, 64)] * 4, dtype="float32", lo=-1000, hi=3000), cfg_for(), "cpu").normalization \
+        == "percentile"
+    pre = make_plan(fp_of([(64, 64)] * 4, channels=3), cfg_for(encoder="resnet18", encoder_weights="imagenet"), "cpu")
+    assert pre.normalization == "imagenet" and pre.norm.mean == (0.485, 0.456, 0.406)
+
+
+def test_plan_for_a_rare_class_samples_more_foreground():
+    common = make_plan(fp_of([(1024, 1024)] * 20, class_pixels=(900, 60, 40)), cfg_for(), "cpu")
+    rare = make_plan(fp_of([(1024, 1024)] * 20, class_pixels=(9950, 45, 5)), cfg_for(), "cpu")
+    assert common.foreground_fraction == pytest.approx(1 / 3)
+    assert rare.foreground_fraction == 0.5 and "0.05 %" in rare.reasons["foreground_fraction"]
+    assert rare.loss == "ce+dice" and rare.class_weights is None
+    # Patches that hold whole images: nothing to centre.
+    assert make_plan(fp_of([(64, 64)] * 20, class_pixels=(9950, 45, 5)), cfg_for(), "cpu").foreground_fraction == 0
+
+
+def test_plan_for_tiny_and_huge_images():
+    tiny = make_plan(fp_of([(8, 8)] * 50), cfg_for(), "cpu")
+    assert tiny.patch_size == (8, 8) and tiny.depth == 2  # bottleneck 4 px
+    huge = make_plan(fp_of([(4000, 4000)] * 3), cfg_for(), "cpu")
+    assert huge.patch_size == (256, 256) and huge.depth == 5 and huge.batch_size == 2
+    assert huge.samples_per_epoch == 3 * math.ceil(4000 * 4000 / 256**2)
+    assert "shrunk" in huge.reasons["patch_size"]
+    # Non-square medians keep their aspect and are rounded up to the stride.
+    wide = make_plan(fp_of([(34, 128)] * 9), cfg_for(), "cpu")
+    assert wide.depth == 4 and wide.patch_size == (40, 128)
+    gpu = make_plan(fp_of([(4000, 4000)] * 3), cfg_for(), "cuda")
+    assert gpu.patch_size == (512, 512) and gpu.base_channels == 32
+    # Given options win, and the reasons say so.
+    given = make_plan(fp_of([(4000, 4000)] * 3), cfg_for(patch_size=[64], batch_size=3, depth=3), "cpu")
+    assert (given.patch_size, given.batch_size, given.depth) == ((64, 64), 3, 3)
+    assert given.reasons["patch_size"] == given.reasons["batch_size"] == "given"
+
+
+def test_plan_length_and_budget():
+    demo = make_plan(fp_of([(128, 128)] * 26), cfg_for(), "cpu")
+    assert (demo.batch_size, demo.steps_per_epoch, demo.max_steps) == (4, 6, 720)  # the tuned demo recipe
+    assert demo.time_budget_s == 30 * 60
+    assert make_plan(fp_of([(128, 128)] * 26), cfg_for(time="90s"), "cpu").time_budget_s == 90
+    assert make_plan(fp_of([(128, 128)] * 26), cfg_for(epochs=3), "cpu").time_budget_s is None
+    assert make_plan(fp_of([(128, 128)] * 3), cfg_for(), "cpu").max_steps == 500  # never too short
+    assert [parse_duration(t) for t in ("90s", "10m", "2h", "1h30m", "45")] == [90, 600, 7200, 5400, 45]
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration("ten minutes")
+
+
+def test_fingerprint_of_real_ct_slices():
+    train, _ = get_datasets("ct-chest", mean=(0.0,), std=(1.0,))
+    fp = fingerprint(train)
+    raw = torch.stack([train.load_raw(i)[0] for i in range(len(train))]).double()
+    assert fp.mean[0] == pytest.approx(float(raw.mean()), abs=1e-9)
+    assert fp.std[0] == pytest.approx(float(raw.std(unbiased=False)), abs=1e-9)
+    counts = train.class_pixel_counts()
+    assert fp.class_pixels == counts.tolist() and sum(fp.class_frequency) == pytest.approx(1.0)
+    assert fp.class_images[0] == 26 and fp.size_stats()["median"] == (128, 128)
+    p = np.percentile(raw.numpy().ravel(), [0.5, 50, 99.5])
+    assert fp.percentiles[0] == pytest.approx(p.tolist(), abs=0.01)  # from 10,000 of 16,384 pixels per image
+    exact = fingerprint(train, samples_per_image=128 * 128)  # every pixel
+    assert exact.percentiles[0] == pytest.approx(p.tolist(), abs=1e-6)
+    assert normalization_for("zscore", fp).mean == (fp.mean[0],)
+
+
+# ----------------------------------------------------------------------------------------- patches
+def _one_image(h, w, blob, cls=1):
+    img = np.zeros((1, h, w), np.uint8)
+    mask = np.zeros((h, w), np.uint8)
+    (y0, y1), (x0, x1) = blob
+    mask[y0:y1, x0:x1] = cls
+    img[0, y0:y1, x0:x1] = 200
+    return ArrayDataset([img], [mask], name="one", split="train", num_classes=3, in_channels=1,
+                        class_names=["bg", "a", "b"], class_colors=[(0, 0, 0)] * 3, ignore_index=255,
+                        names=["x"], image_paths=["x"], mask_paths=["x"], mean=(0.0,), std=(1.0,))
+
+
+def test_foreground_sampler_hits_a_rare_class_at_the_expected_rate():
+    ds = _one_image(256, 256, ((100, 103), (200, 203)))  # a 3x3 structure: 0.014 % of the image
+    patches = PatchDataset(ds, (32, 32), foreground_fraction=0.4, min_length=2000)
+    assert len(patches) == 2000
+    torch.manual_seed(0)
+    hits = sum(int((patches[k][1] == 1).any()) for k in range(2000))
+    # A random 32x32 window (corner uniform over 225 x 225) contains part of the blob with probability p0.
+    p0 = (len(range(100 - 31, 103)) * len(range(200 - 31, 203 if 203 <= 224 else 225))) / (225 * 225)
+    expected = 0.4 + 0.6 * p0
+    assert abs(hits / 2000 - expected) < 4 * math.sqrt(expected * (1 - expected) / 2000)
+    centred = PatchDataset(ds, (32, 32), foreground_fraction=1.0)
+    assert all((centred[0][1] == 1).sum() == 9 for _ in range(20))  # always the whole structure
+
+
+def test_patches_pad_small_images_with_ignore_and_keep_their_pixels():
+    ds = _one_image(5, 7, ((1, 3), (2, 4)))
+    patches = PatchDataset(ds, (16, 16), foreground_fraction=0.0)
+    assert len(patches) == 1
+    for _ in range(10):
+        img, mask = patches[0]
+        assert img.shape == (1, 16, 16) and mask.shape == (16, 16)
+        assert (mask != 255).sum() == 35 and (mask == 1).sum() == 4  # the whole image, padded with ignore
+        assert img[0][mask == 1].tolist() == pytest.approx([200 / 255] * 4)
+    big = _one_image(100, 300, ((0, 1), (0, 1)))
+    assert len(PatchDataset(big, (32, 64))) == math.ceil(100 * 300 / (32 * 64))
+
+
+# ----------------------------------------------------------------------------------------- through the CLI
+def _write_folder(root, sizes, seed=0, bits=8):
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    total = 0
+    for k, (h, w) in enumerate(sizes):
+        m = np.zeros((h, w), np.uint8)
+        m[h // 4: max(h // 4 + 1, h // 2), w // 3: max(w // 3 + 1, 2 * w // 3)] = 1 + k % 2
+        img = m * 90 + rng.integers(0, 40, (h, w))
+        if bits == 16:
+            img = (img * 250).astype(np.uint16)
+        Image.fromarray(img.astype(np.uint16 if bits == 16 else np.uint8)).save(root / "images" / f"i{k:02d}.png")
+        Image.fromarray(m).save(root / "masks" / f"i{k:02d}.png")
+        total += h * w
+    return total
+
+
+FAST = ["--base-channels", "4", "--depth", "3", "--samples", "1", "--no-boundary-f1", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def mixed_run(tmp_path_factory):
+    """A folder of mixed sizes (1x1, 5x9, 40x40, 300x200, 64x96), 16-bit, trained for 2 epochs."""
+    root = tmp_path_factory.mktemp("mixed")
+    data = root / "data"
+    _write_folder(data, [(40, 40), (1, 1), (5, 9), (300, 200), (64, 96), (40, 40), (33, 47), (40, 40)], bits=16)
+    out = root / "run"
+    assert main(["train", "--data", str(data), "--out", str(out), "--epochs", "2", "--val-fraction", "0.4",
+                 *FAST]) == 0
+    return data, out
+
+
+def test_mixed_sizes_train_and_plan_yaml_round_trips(mixed_run):
+    data, out = mixed_run
+    doc = yaml.safe_load((out / "plan.yaml").read_text())
+    assert doc["fingerprint"]["images"] == 5 and doc["fingerprint"]["dtype"] == "uint16"
+    assert doc["fingerprint"]["size_min"] == [1, 1]
+    plan = Plan.from_dict(doc["plan"])
+    assert plan.normalization == "percentile" and plan.epochs == 2
+    ckpt = read_checkpoint(out / "best.pt")
+    assert Plan.from_dict(ckpt["plan"]).to_dict() == plan.to_dict()
+    assert ckpt["data"]["clip"] == [list(c) for c in plan.norm.clip]
+    assert ckpt["data"]["patch_size"] == list(plan.patch_size)
+    rows = json.loads((out / "metrics.json").read_text())
+    assert rows["images"] == 3 and rows["steps"] == 2 * plan.steps_per_epoch
+
+
+def test_resume_keeps_the_plan_and_extends(mixed_run, tmp_path):
+    import shutil
+
+    _, out = mixed_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    before = read_checkpoint(copy / "last.pt")
+    assert main(["train", "--resume", str(copy), "--epochs", "3", "--quiet"]) == 0
+    after = read_checkpoint(copy / "last.pt")
+    assert after["epoch"] == 3 and after["run"]["step"] == before["run"]["step"] + before["run"]["step"] // 2
+    assert after["plan"]["patch_size"] == before["plan"]["patch_size"]
+    assert after["plan"]["norm"] == before["plan"]["norm"]
+
+
+def test_evaluate_a_test_folder_scores_every_pixel(mixed_run, tmp_path, capsys):
+    _, out = mixed_run
+    test = tmp_path / "test"
+    pixels = _write_folder(test, [(50, 70), (1, 1), (400, 90), (17, 23)], seed=5, bits=16)
+    js = tmp_path / "m.json"
+    assert main(["evaluate", str(out), "--data", str(test), "--json", str(js), "--no-boundary-f1"]) == 0
+    text = capsys.readouterr().out
+    assert f"(all): scored 4 images, {pixels:,} pixels" in text
+    result = json.loads(js.read_text())
+    assert sum(map(sum, result["confusion_matrix"])) == pixels == result["pixels"]
+    # The training folder itself: its validation split, as before.
+    assert main(["evaluate", str(out), "--no-boundary-f1"]) == 0
+    assert "(val): scored 3 images" in capsys.readouterr().out
+
+
+def test_time_budget_stops_on_time(tmp_path, monkeypatch):
+    """A fake clock: every forward pass of the network takes 0.25 s, every reading of the clock 1 ms."""
+    from unetkit.models import UNet
+
+    class Clock:
+        t = 0.0
+
+        def __call__(self) -> float:
+            self.t += 0.001
+            return self.t
+
+    clock = Clock()
+    forward = UNet.forward
+
+    def slow_forward(self, x):
+        clock.t += 0.25
+        return forward(self, x)
+
+    monkeypatch.setattr(UNet, "forward", slow_forward)
+    cfg = TrainConfig.from_dict({"data": "shapes", "base_channels": 4, "depth": 3, "samples": 0, "boundary_f1": False,
+                                 "data_options": {"size": 32, "num_samples": 16, "val_samples": 4},
+                                 "time": "60s", "out": str(tmp_path / "run")})
+    logs: list[str] = []
+    result = fit(cfg, progress=False, log=logs.append, clock=clock)
+    sized = next(line for line in logs if line.startswith("measured "))
+    assert sized.startswith("measured 0.25") and result.time["step_s"] == pytest.approx(0.25, abs=0.01)
+    assert result.time["limit"] == 60
+    assert 0.9 * 60 <= clock.t <= 60  # the budget used, not overrun
+    assert 0.75 * 60 / 0.25 < result.steps < 60 / 0.25  # most of it on training steps
+    assert any(line.startswith("time ") and "of a 60s budget" in line for line in logs)

@@ -1,0 +1,324 @@
+"""The plan: training choices derived from the data's fingerprint, each with its one-line reason.
+
+nnU-Net showed that most of a segmentation recipe follows from a few facts about the data; this module
+writes down our version of those rules for 2D images:
+
+* **normalisation**: ImageNet statistics for a pretrained encoder; percentile clipping (0.5-99.5) plus
+  z-score for 16-bit images and for float images outside [0, 1] (sensor and scanner ranges with outliers);
+  z-score with the data set's mean and std otherwise (8-bit, or floats already scaled to [0, 1]).
+* **patch size**: the median image size, shrunk (keeping its aspect) to at most ``MAX_PATCH_PIXELS`` of
+  the device, rounded up to a multiple of the network's stride. Memory per step is bounded by the patch,
+  whatever the largest image.
+* **depth**: as many stages as keep the bottleneck at least ``MIN_BOTTLENECK`` pixels (at most 5, the
+  paper's); **width**: 16 on a CPU, 32 on a GPU.
+* **batch**: about ``TARGET_PIXELS`` patch pixels per step, at most a quarter of an epoch's patches (at
+  least 2).
+* **foreground sampling**: a third of the patches centred on a foreground pixel when patches are smaller
+  than the images (half when a class covers under 1 % of the pixels); none when a patch holds a whole image.
+* **loss**: CE + Dice (BCE + Dice for one output channel); no class weights: the Dice term weighs classes
+  equally and foreground sampling shows rare classes often.
+* **length**: 120 epochs (an epoch covers every training image's area once), at least 500 and at most
+  25,000 steps, within a time budget (``--time``; 30 min on a CPU and 4 h on a GPU when not given).
+
+Every choice given in the :class:`TrainConfig` (flag or ``--config``) wins over the rule.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..data.fingerprint import Fingerprint
+from ..data.preprocess import Normalization, imagenet_stats
+from .config import TrainConfig, parse_duration
+
+#: Largest patch area (pixels) per device type.
+MAX_PATCH_PIXELS = {"cpu": 256 * 256, "cuda": 512 * 512}
+#: Patch pixels per training step (sets the batch size); the CPU value is the demo's 4 x 128 x 128.
+TARGET_PIXELS = {"cpu": 4 * 128 * 128, "cuda": 16 * 256 * 256}
+#: Plain-encoder width per device type (measured: narrower and longer wins on CPU under a time budget).
+BASE_CHANNELS = {"cpu": 16, "cuda": 32}
+#: Default time budget per device type when neither --time nor --epochs is given.
+DEFAULT_BUDGET_S = {"cpu": 30 * 60.0, "cuda": 4 * 3600.0}
+MIN_BOTTLENECK = 4
+MAX_DEPTH = 5
+EPOCHS = 120
+MIN_STEPS, MAX_STEPS = 500, 25_000
+RARE_CLASS = 0.01
+
+
+@dataclass
+class Plan:
+    """The resolved choices of a run (``plan.yaml``); ``reasons`` says why, one line per choice."""
+
+    normalization: str
+    norm: Normalization
+    patch_size: tuple[int, int]
+    batch_size: int
+    depth: int | None
+    base_channels: int | None
+    foreground_fraction: float
+    loss: str
+    class_weights: list[float] | None
+    epochs: int | None  # exact epochs (given), else None: the length is planned in steps
+    max_steps: int | None  # the planned length before any time budget (None: the budget decides)
+    time_budget_s: float | None
+    samples_per_epoch: int
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return steps_per_epoch(self.samples_per_epoch, self.batch_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"normalization": self.normalization, "norm": self.norm.to_dict(),
+                "patch_size": list(self.patch_size), "batch_size": self.batch_size, "depth": self.depth,
+                "base_channels": self.base_channels, "foreground_fraction": self.foreground_fraction,
+                "loss": self.loss, "class_weights": self.class_weights, "epochs": self.epochs,
+                "max_steps": self.max_steps, "time_budget_s": self.time_budget_s,
+                "samples_per_epoch": self.samples_per_epoch, "reasons": dict(self.reasons)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Plan:
+        d = dict(d)
+        d["norm"] = Normalization.from_dict(d["norm"])
+        d["patch_size"] = tuple(int(v) for v in d["patch_size"])
+        return cls(**d)
+
+    def table(self) -> str:
+        """The choices with their reasons, for ``unetkit plan`` and the start of ``unetkit train``."""
+        norm = self.normalization + (f" (clip {_clip_text(self.norm)})" if self.norm.clip else "")
+        if self.epochs:
+            length = f"{self.epochs} epochs"
+        elif self.max_steps:
+            length = (f"{self.max_steps} steps ({self.max_steps / self.steps_per_epoch:.0f} epochs of "
+                      f"{self.steps_per_epoch})")
+        else:
+            length = "the steps that fit"
+        if self.time_budget_s:
+            length += f", within {format_duration(self.time_budget_s)}"
+        rows = [("normalisation", norm), ("patch size", "x".join(map(str, self.patch_size))),
+                ("batch size", str(self.batch_size)), ("depth", str(self.depth or "encoder's")),
+                ("width", str(self.base_channels or "encoder's")),
+                ("foreground patches", f"{self.foreground_fraction:.2f}"), ("loss", self.loss),
+                ("class weights", "none" if not self.class_weights else
+                 " ".join(f"{w:.2f}" for w in self.class_weights)), ("length", length)]
+        keys = ["normalization", "patch_size", "batch_size", "depth", "base_channels", "foreground_fraction",
+                "loss", "class_weights", "length"]
+        w1 = max(len(r[0]) for r in rows)
+        w2 = max(len(r[1]) for r in rows)
+        return "\n".join(f"{a:<{w1}}  {b:<{w2}}  {self.reasons.get(k, '')}".rstrip()
+                         for (a, b), k in zip(rows, keys))
+
+
+def _clip_text(norm: Normalization) -> str:
+    assert norm.clip is not None
+    return ", ".join(f"{lo:.4g}..{hi:.4g}" for lo, hi in norm.clip)
+
+
+def format_duration(seconds: float) -> str:
+    """``90s``, ``10m``, ``2.5h``: the units ``--time`` takes."""
+    if seconds >= 7200:
+        return f"{seconds / 3600:.1f}h".replace(".0h", "h")
+    if seconds >= 120:
+        return f"{seconds / 60:.1f}m".replace(".0m", "m")
+    return f"{seconds:.0f}s"
+
+
+def steps_per_epoch(samples: int, batch: int) -> int:
+    """Optimizer steps in an epoch of ``samples`` patches: full batches only, at least one."""
+    return max(1, samples // batch)
+
+
+def patches_per_epoch(sizes: list[tuple[int, int]], patch: tuple[int, int]) -> int:
+    """Patches that cover every image's area once (at least one per image)."""
+    area = patch[0] * patch[1]
+    return sum(max(1, math.ceil(h * w / area)) for h, w in sizes)
+
+
+def _round_up(n: int, m: int) -> int:
+    return max(m, -(-n // m) * m)
+
+
+def _plan_patch(median: tuple[int, int], max_pixels: int) -> tuple[int, int]:
+    h, w = max(1, median[0]), max(1, median[1])
+    if h * w > max_pixels:  # shrink, keeping the aspect ratio, but never beyond the image on an axis
+        f = math.sqrt(max_pixels / (h * w))
+        h, w = max(1, int(h * f)), max(1, int(w * f))
+    return h, w
+
+
+def _depth_for(side: int) -> int:
+    """Stages that keep the bottleneck (reduction ``2**(depth-1)``) at least ``MIN_BOTTLENECK`` pixels."""
+    return max(2, min(MAX_DEPTH, int(math.floor(math.log2(max(side, 1) / MIN_BOTTLENECK))) + 1))
+
+
+def make_plan(fp: Fingerprint, cfg: TrainConfig, device: torch.device | str = "cpu") -> Plan:
+    """The plan for training ``cfg`` on data fingerprinted as ``fp`` on ``device``; ``cfg``'s values win."""
+    dev = "cuda" if torch.device(device).type == "cuda" else "cpu"
+    why: dict[str, str] = {}
+    model = cfg.model
+    plain = model.encoder == "plain"
+    pretrained = model.encoder_weights is not None
+
+    # Normalisation.
+    if cfg.normalization is not None:
+        scheme = cfg.normalization
+        why["normalization"] = "given"
+    elif pretrained:
+        scheme = "imagenet"
+        why["normalization"] = "pretrained encoder: the statistics its weights were trained with"
+    elif fp.dtype == "uint16" or (fp.dtype == "float32" and (min(fp.minimum) < 0 or max(fp.maximum) > 1)):
+        scheme = "percentile"
+        why["normalization"] = (f"{'16-bit' if fp.dtype == 'uint16' else 'unscaled float'} images: clip "
+                                "outliers to the 0.5-99.5 percentiles, then z-score")
+    else:
+        scheme = "zscore"
+        why["normalization"] = (f"{'8-bit' if fp.dtype == 'uint8' else 'float [0, 1]'} images: "
+                                "the data set's mean and std")
+    norm = normalization_for(scheme, fp)
+
+    # Patch, depth, stride.
+    stats = fp.size_stats()
+    if cfg.patch_size is not None:
+        patch = tuple(cfg.patch_size)
+        why["patch_size"] = "given"
+    else:
+        patch = _plan_patch(stats["median"], MAX_PATCH_PIXELS[dev])
+        shrunk = patch[0] * patch[1] < stats["median"][0] * stats["median"][1]
+        why["patch_size"] = (f"median image {stats['median'][0]}x{stats['median'][1]}"
+                             + (f", shrunk to the {dev.upper()} limit of {MAX_PATCH_PIXELS[dev]} pixels"
+                                if shrunk else "") + ", rounded up to the network's stride")
+    if model.depth is not None:
+        depth: int | None = model.depth
+        why["depth"] = "given"
+    elif plain:
+        depth = _depth_for(min(patch))
+        why["depth"] = f"bottleneck keeps >= {MIN_BOTTLENECK} pixels of the {min(patch)}-pixel patch side"
+    else:
+        depth = None
+        why["depth"] = f"all stages of {model.encoder}"
+    stride = 2 ** ((depth or MAX_DEPTH) - 1) if plain else 32
+    if cfg.patch_size is None:
+        patch = (_round_up(patch[0], stride), _round_up(patch[1], stride))
+    patch = (int(patch[0]), int(patch[1]))
+    if not plain:
+        base = model.base_channels
+        why["base_channels"] = f"set by {model.encoder}"
+    elif model.base_channels is not None:
+        base = model.base_channels
+        why["base_channels"] = "given"
+    else:
+        base = BASE_CHANNELS[dev]
+        why["base_channels"] = (f"{base} on a {dev.upper()}: a narrower network trained longer scored higher "
+                                "within the same time (docs/training.md)")
+
+    # Batch.
+    patches = patches_per_epoch(fp.sizes, patch)
+    if cfg.batch_size is not None:
+        batch = cfg.batch_size
+        why["batch_size"] = "given"
+    else:
+        by_pixels = max(2, min(64, round(TARGET_PIXELS[dev] / (patch[0] * patch[1]))))
+        batch = max(2, min(by_pixels, patches // 4))
+        why["batch_size"] = (f"about {TARGET_PIXELS[dev]} patch pixels per step on a {dev.upper()}" if
+                             batch == by_pixels else f"a quarter of the {patches} patches of an epoch, so an "
+                             "epoch has several steps")
+
+    # Foreground sampling.
+    whole = patch[0] >= stats["max"][0] and patch[1] >= stats["max"][1]
+    rarest = min(fp.class_frequency[1:], default=1.0) if fp.num_classes > 1 else 1.0
+    if cfg.foreground_fraction is not None:
+        fg = cfg.foreground_fraction
+        why["foreground_fraction"] = "given"
+    elif whole:
+        fg = 0.0
+        why["foreground_fraction"] = "every patch holds a whole image"
+    elif rarest < RARE_CLASS:
+        fg = 0.5
+        why["foreground_fraction"] = (f"a class covers {100 * rarest:.2f} % of the pixels (< 1 %): half the "
+                                      "patches centred on a foreground pixel")
+    else:
+        fg = 1 / 3
+        why["foreground_fraction"] = "a third of the patches centred on a foreground pixel (nnU-Net's share)"
+
+    # Loss and class weights.
+    if cfg.loss is not None:
+        loss = cfg.loss
+        why["loss"] = "given"
+    else:
+        loss = "bce+dice" if model.num_classes == 1 else "ce+dice"
+        why["loss"] = "cross-entropy for calibrated pixels + Dice for overlap"
+    weights = cfg.class_weights
+    if weights is not None:
+        why["class_weights"] = "given"
+    else:
+        why["class_weights"] = (f"rarest class {100 * rarest:.2f} % of the pixels: the Dice term weighs classes "
+                                "equally" + (", foreground patches show it often" if fg > 0 else ""))
+
+    # Length.
+    samples = max(patches, batch)
+    spe = steps_per_epoch(samples, batch)
+    budget = parse_duration(cfg.time) if cfg.time is not None else None
+    if cfg.epochs is not None:
+        max_steps = cfg.epochs * spe
+        why["length"] = "given" + (" (and a time budget)" if budget else "")
+    elif budget is not None:
+        max_steps = None  # the budget decides
+        why["length"] = "as many steps as the time budget holds, measured on the first steps"
+    else:
+        max_steps = min(MAX_STEPS, max(MIN_STEPS, EPOCHS * spe))
+        budget = DEFAULT_BUDGET_S[dev]
+        why["length"] = (f"{EPOCHS} epochs of {samples} patches, kept within {MIN_STEPS}-{MAX_STEPS} steps and "
+                         f"{format_duration(budget)} (--time or --epochs to change)")
+    return Plan(normalization=scheme, norm=norm, patch_size=patch, batch_size=batch, depth=depth,
+                base_channels=base, foreground_fraction=fg, loss=loss, class_weights=weights,
+                epochs=cfg.epochs, max_steps=max_steps, time_budget_s=budget, samples_per_epoch=samples,
+                reasons=why)
+
+
+def normalization_for(scheme: str, fp: Fingerprint) -> Normalization:
+    """The :class:`Normalization` values of ``scheme`` for the fingerprinted data."""
+    if scheme == "imagenet":
+        mean, std = imagenet_stats(fp.in_channels)
+        return Normalization(mean, std)
+    if scheme == "percentile":
+        clip = tuple((p[0], p[-1]) for p in fp.percentiles)
+        return Normalization(fp.clipped_mean, [max(s, 1e-6) for s in fp.clipped_std], clip)
+    if scheme == "zscore":
+        return Normalization(fp.mean, [s if s >= 1e-6 else 1.0 for s in fp.std])
+    raise ValueError(f"normalization must be zscore, percentile or imagenet, not {scheme!r}")
+
+
+def apply_plan(cfg: TrainConfig, plan: Plan) -> TrainConfig:
+    """``cfg`` with every planned choice filled in (given values are already the plan's)."""
+    import dataclasses
+
+    return dataclasses.replace(
+        cfg, patch_size=plan.patch_size, batch_size=plan.batch_size, normalization=plan.normalization,
+        foreground_fraction=plan.foreground_fraction, loss=plan.loss, class_weights=plan.class_weights,
+        model=cfg.model.replace(depth=plan.depth, base_channels=plan.base_channels))
+
+
+def load_and_plan(cfg: TrainConfig, device: torch.device | str = "cpu", augment: Any = None
+                  ) -> tuple[Any, Any, Fingerprint, Plan]:
+    """Read and check ``cfg.data``, fingerprint its training split and plan: ``(train, val, fp, plan)``.
+
+    Both datasets come back normalised as the plan says (``val`` is ``None`` when there is none).
+    """
+    from ..data import get_datasets
+    from ..data.fingerprint import fingerprint
+
+    train, val = get_datasets(cfg.data, augment=augment, num_classes=cfg.num_classes, in_channels=cfg.in_channels,
+                              ignore_index=cfg.ignore_index, val_fraction=cfg.val_fraction, seed=cfg.seed,
+                              mean=(0.0,), std=(1.0,), **cfg.data_options)  # the plan sets the normalisation
+    cfg.model = cfg.model.replace(num_classes=train.num_classes, in_channels=train.in_channels)
+    fp = fingerprint(train)
+    plan = make_plan(fp, cfg, device)
+    for d in (train, val):
+        if d is not None:
+            d.set_normalization(plan.norm)
+    return train, val, fp, plan
