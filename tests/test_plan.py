@@ -258,3 +258,33 @@ def test_time_budget_stops_on_time(tmp_path, monkeypatch):
     assert 0.9 * 60 <= clock.t <= 60  # the budget used, not overrun
     assert 0.75 * 60 / 0.25 < result.steps < 60 / 0.25  # most of it on training steps
     assert any(line.startswith("time ") and "of a 60s budget" in line for line in logs)
+
+
+def test_one_preprocessing_for_validation_checkpoint_and_onnx(mixed_run, tmp_path):
+    """The same image file gives the identical network input in training's validation, in predict with the
+    checkpoint and in predict with the exported ONNX file (16-bit data: percentile clip + z-score)."""
+    from unetkit.checkpoint import checkpoint_datasets, load_model
+    from unetkit.data import read_image
+    from unetkit.export import export_onnx
+    from unetkit.export.runtime import OnnxModel
+    from unetkit.infer import image_to_tensor
+
+    _, out = mixed_run
+    model, info, ckpt = load_model(out)
+    assert info.clip is not None
+    _, val = checkpoint_datasets(ckpt)
+    onnx_path = tmp_path / "m.onnx"
+    export_onnx(model, info, onnx_path, verbose=False)
+    onnx_info = OnnxModel(onnx_path).data_info
+    assert onnx_info == info
+    for i in range(len(val)):
+        from_validation = val[i][0]
+        from_checkpoint = image_to_tensor(read_image(val.image_paths[i]), info)[0]
+        from_onnx = image_to_tensor(read_image(val.image_paths[i]), onnx_info)[0]
+        assert torch.equal(from_validation, from_checkpoint) and torch.equal(from_checkpoint, from_onnx)
+    pred_ckpt, pred_onnx = tmp_path / "p1", tmp_path / "p2"
+    assert main(["predict", str(out), val.image_paths[0], "--out", str(pred_ckpt), "--no-progress"]) == 0
+    assert main(["predict", str(onnx_path), val.image_paths[0], "--out", str(pred_onnx), "--no-progress"]) == 0
+    name = f"{val.names[0]}_mask.png"
+    a, b = np.array(Image.open(pred_ckpt / name)), np.array(Image.open(pred_onnx / name))
+    assert a.shape == b.shape and (a == b).mean() > 0.999

@@ -1,7 +1,8 @@
 """The unetkit metadata of an exported model: what ``unetkit predict`` needs to run an ``.onnx`` file.
 
-Class names and colours, mean/std, channels and the model config travel in the ONNX ``metadata_props``
-as JSON strings, so an exported file is self-describing (no checkpoint needed next to it).
+Class names and colours, the normalisation (mean, std, clip), channels, the training patch size (the
+tile size of inference) and the model config travel in the ONNX ``metadata_props`` as JSON strings, so an
+exported file is self-describing (no checkpoint needed next to it) and preprocessed exactly as in training.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from ..checkpoint import CheckpointError, DataInfo
 
 #: ``metadata_props`` keys written by :func:`~unetkit.export.export_onnx` (values are JSON strings).
 METADATA_KEYS: tuple[str, ...] = ("unetkit_version", "num_classes", "in_channels", "class_names", "class_colors",
-                                  "mean", "std", "ignore_index", "model_config")
+                                  "mean", "std", "clip", "patch_size", "ignore_index", "model_config")
 
 
 def onnx_metadata(data_info: DataInfo, model_config: dict[str, Any] | None) -> dict[str, str]:
@@ -25,7 +26,8 @@ def onnx_metadata(data_info: DataInfo, model_config: dict[str, Any] | None) -> d
     values: dict[str, Any] = {
         "unetkit_version": __version__, "num_classes": d["num_classes"], "in_channels": d["in_channels"],
         "class_names": d["class_names"], "class_colors": d["class_colors"], "mean": d["mean"], "std": d["std"],
-        "ignore_index": d["ignore_index"], "model_config": model_config,
+        "clip": d["clip"], "patch_size": d["patch_size"], "ignore_index": d["ignore_index"],
+        "model_config": model_config,
     }
     return {k: json.dumps(v) for k, v in values.items()}
 
@@ -56,6 +58,7 @@ def parse_metadata(props: dict[str, str], source: str = "model") -> tuple[DataIn
             "class_names": v.get("class_names") or default_names(n),
             "class_colors": v.get("class_colors") or default_colors(n),
             "mean": v["mean"], "std": v["std"], "ignore_index": v.get("ignore_index", 255),
+            "clip": v.get("clip"), "patch_size": v.get("patch_size"),
         })
     except (ValueError, TypeError, KeyError) as e:
         raise CheckpointError(f"{source}: unreadable unetkit metadata ({e}); re-export the model") from e
