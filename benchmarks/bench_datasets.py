@@ -1,0 +1,192 @@
+"""Train the CLI defaults on the development suite under one time budget, against two references.
+
+For each data set it reports the validation mIoU, the wall time and the peak memory (max RSS of the
+training process) of
+
+(a) ``unetkit train --data D --time BUDGET``: our defaults (planned patches, foreground sampling, budget);
+(b) the previous defaults (whole images, 120 fixed epochs), run from an older unetkit source tree given
+    with ``--previous-src`` (e.g. ``git worktree add /tmp/prev <commit>``); skipped when not given;
+(c) segmentation_models.pytorch ``Unet("resnet34", encoder_weights=None)`` in a plain loop (AdamW, lr 1e-3,
+    CE + Dice, random crops of the median image size rounded up to 32, batch 4) for the same wall time as
+    (a), evaluated by the same whole-image evaluation as ours.
+
+and, with ``--big``, the peak memory of ``unetkit train`` on a folder holding 4000x4000 images.
+
+    python benchmarks/devsuite.py /tmp/devsuite
+    python benchmarks/bench_datasets.py --suite /tmp/devsuite --budget 180 --previous-src /tmp/prev --big \\
+        --json benchmarks/results/datasets.json
+
+Every run is a separate process, so peak memory is that run's alone. See docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+DATASETS = ("ct-chest", "ct-coronal", "ct-sagittal", "digits")
+
+
+def run_process(cmd: list[str], env: dict[str, str] | None = None, log: Path | None = None) -> dict[str, Any]:
+    """Run ``cmd``; return exit code, wall seconds, peak RSS (MB) of that process and the tail of its output."""
+    t0 = time.perf_counter()
+    with open(log or os.devnull, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        _, status, usage = os.wait4(proc.pid, 0)
+    tail = log.read_text().strip().splitlines()[-3:] if log else []
+    return {"rc": os.waitstatus_to_exitcode(status), "seconds": round(time.perf_counter() - t0, 1),
+            "peak_mb": round(usage.ru_maxrss / 1024), "tail": tail}
+
+
+def data_arg(suite: Path, name: str) -> str:
+    return name if name == "ct-chest" else str(suite / name)
+
+
+def ours(data: str, budget: float, out: Path) -> dict[str, Any]:
+    r = run_process([sys.executable, "-m", "unetkit", "train", "--data", data, "--time", f"{budget:.0f}s",
+                     "--out", str(out), "--quiet"], log=out.with_suffix(".log"))
+    if r["rc"] == 0:
+        m = json.loads((out / "metrics.json").read_text())
+        r.update(miou=m["miou"], steps=m["steps"])
+    return r
+
+
+def previous(data: str, src: Path, out: Path) -> dict[str, Any]:
+    r = run_process([sys.executable, "-m", "unetkit", "train", "--data", data, "--out", str(out), "--quiet"],
+                    env={"PYTHONPATH": str(src)}, log=out.with_suffix(".log"))
+    if r["rc"] == 0:
+        r["miou"] = json.loads((out / "metrics.json").read_text())["miou"]
+    return r
+
+
+def smp_reference(data: str, budget: float, out: Path) -> dict[str, Any]:
+    r = run_process([sys.executable, __file__, "--smp-run", data, "--budget", str(budget), "--json",
+                     str(out.with_suffix(".json"))], log=out.with_suffix(".log"))
+    if r["rc"] == 0:
+        r.update(json.loads(out.with_suffix(".json").read_text()))
+    return r
+
+
+def smp_loop(data: str, budget: float) -> dict[str, Any]:
+    """(c): a plain training loop a user would write around smp's Unet, stopped at ``budget`` seconds."""
+    import numpy as np
+    import segmentation_models_pytorch as smp
+    import torch
+    from torch import nn
+
+    from unetkit.data import get_datasets
+    from unetkit.data.patches import PatchDataset
+    from unetkit.evaluate import evaluate
+    from unetkit.losses import build_loss
+
+    t_start = time.perf_counter()
+    torch.manual_seed(0)
+    train, val = get_datasets(data)  # z-score normalisation from the training images
+    sizes = np.array([train.image_size(i) for i in range(len(train))])
+    crop = tuple(int(max(64, -(-int(np.median(sizes[:, a])) // 32) * 32)) for a in (0, 1))
+    crops = PatchDataset(train, crop, foreground_fraction=0.0)  # uniform random crops, padded with ignore
+    loader = torch.utils.data.DataLoader(crops, batch_size=4, shuffle=True, drop_last=len(crops) > 4)
+
+    class Net(nn.Module):
+        stride = 32  # so whole-image evaluation pads to smp's input multiple
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = smp.Unet("resnet34", encoder_weights=None, in_channels=train.in_channels,
+                                classes=train.num_classes)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)
+
+    model = Net()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    loss_fn = build_loss("ce+dice", train.num_classes, train.ignore_index)
+    steps, reserve = 0, None
+    done = False
+    while not done:
+        for x, y in loader:
+            t0 = time.perf_counter()
+            model.train()
+            loss = loss_fn(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            steps += 1
+            if steps == 3:  # leave time for the evaluation: a forward pass is about a third of a step of 4
+                reserve = 2 * len(val) * (time.perf_counter() - t0) / 12
+            if time.perf_counter() - t_start > budget - (reserve or 0.0):
+                done = True
+                break
+    result = evaluate(model, val, num_classes=train.num_classes, ignore_index=train.ignore_index,
+                      tile_size=crop, batch_size=4)
+    return {"miou": result.miou, "steps": steps, "crop": list(crop)}
+
+
+def big_folder(root: Path) -> Path:
+    """Two 4000x4000 8-bit images (one for training, one for validation) with a few labelled discs."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        base = root if split == "train" else root / "val"
+        (base / "images").mkdir(parents=True, exist_ok=True)
+        (base / "masks").mkdir(parents=True, exist_ok=True)
+        yy, xx = np.ogrid[:4000, :4000]
+        mask = np.zeros((4000, 4000), np.uint8)
+        for _ in range(40):
+            cy, cx, r = rng.integers(0, 4000, 2).tolist() + [int(rng.integers(20, 200))]
+            mask[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = 1
+        img = (mask * 120 + rng.integers(0, 100, (4000, 4000))).astype(np.uint8)
+        Image.fromarray(img).save(base / "images" / "big.png")
+        Image.fromarray(mask).save(base / "masks" / "big.png")
+    return root
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="Development-suite benchmark: ours vs previous defaults vs smp.")
+    p.add_argument("--suite", type=Path, help="folder written by benchmarks/devsuite.py")
+    p.add_argument("--datasets", default=",".join(DATASETS))
+    p.add_argument("--budget", type=float, default=180.0, help="seconds per training run")
+    p.add_argument("--previous-src", type=Path, help="source tree of the previous unetkit version")
+    p.add_argument("--big", action="store_true", help="also measure memory on 4000x4000 images")
+    p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--smp-run", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.smp_run:
+        args.json.write_text(json.dumps(smp_loop(args.smp_run, args.budget)))
+        return
+    work = Path(tempfile.mkdtemp(prefix="unetkit-bench-"))
+    results: dict[str, Any] = {"budget_s": args.budget, "datasets": {}}
+    for name in args.datasets.split(","):
+        data = data_arg(args.suite, name) if args.suite else name
+        row: dict[str, Any] = {"ours": ours(data, args.budget, work / f"{name}-ours")}
+        if args.previous_src:
+            row["previous"] = previous(data, args.previous_src, work / f"{name}-previous")
+        row["smp"] = smp_reference(data, row["ours"]["seconds"], work / f"{name}-smp")
+        results["datasets"][name] = row
+        print(name, json.dumps({k: {kk: v.get(kk) for kk in ("rc", "miou", "seconds", "peak_mb", "steps")}
+                                for k, v in row.items()}), flush=True)
+    if args.big:
+        folder = big_folder(work / "big")
+        results["big"] = run_process([sys.executable, "-m", "unetkit", "train", "--data", str(folder), "--time", "90s",
+                                      "--out", str(work / "big-run"), "--quiet"], log=work / "big-run.log")
+        print("big", json.dumps(results["big"]), flush=True)
+    from unetkit.bench import machine_info
+
+    results["machine"] = machine_info("cpu")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"runs in {work}")
+
+
+if __name__ == "__main__":
+    main()
