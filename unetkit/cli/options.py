@@ -37,7 +37,8 @@ def add_field(group: argparse._ActionsContainer, f: dataclasses.Field, hint: Any
     shows ``default`` unless it is ``None`` (the help text then says what happens).
     """
     args = typing.get_args(hint)
-    base = next((a for a in args if a is not type(None)), hint) if args and type(None) in args else hint
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if optional else hint
     meta = f.metadata
     text = meta.get("help", "")
     if default is not None and default != [] and "(default" not in text:
@@ -55,7 +56,8 @@ def add_field(group: argparse._ActionsContainer, f: dataclasses.Field, hint: Any
         metavar = f.name.upper() if nargs == "+" else tuple(f"{f.name.upper()}{i + 1}" for i in range(n))
         group.add_argument(flag(f.name), type=item, nargs=nargs, metavar=metavar, **kw)
         return
-    kind = base if base in (int, float) else none_or_str
+    # "none" means None only where None is a value (e.g. --attention none); --norm none stays the string.
+    kind = base if base in (int, float) else (none_or_str if optional else str)
     if choices:
         shown = [c for c in choices if c is not None]
         kw["metavar"] = "{" + ",".join(shown) + "}"

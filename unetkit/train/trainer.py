@@ -579,16 +579,25 @@ class Trainer:
         if self.start_epoch:
             self.log(f"resuming after epoch {self.start_epoch}, step {self.step} (best val mIoU "
                      f"{self.best_miou:.4f})")
+        try:
+            stopped_early = self._epochs(self.start_epoch)
+        except KeyboardInterrupt:
+            self.log(f"interrupted in epoch {len(self.history) + 1}; continue with: unetkit train --resume "
+                     f"{self.run_dir}")
+            raise
+        final = self.finish()
+        self.log(self.budget.describe(self.step, sum("val_miou" in r for r in self.history)))
+        return RunResult(run_dir=self.run_dir, best_miou=self.best_miou, best_epoch=self.best_epoch,
+                         epochs_run=len(self.history), history=self.history, final=final,
+                         stopped_early=stopped_early, steps=self.step, time=self.budget.to_dict())
+
+    def _epochs(self, epoch: int) -> bool:
+        """Train epoch after epoch until the steps or the time run out; return whether it stopped early."""
+        cfg = self.cfg
         stopped_early = False
-        epoch = self.start_epoch
-        validations = sum(1 for r in self.history if r.get("val_miou") is not None)
         while self.step < self.total_steps:
             t0 = self.clock()
-            try:
-                train_loss, out_of_time = self.train_epoch(epoch)
-            except KeyboardInterrupt:
-                self.log(f"interrupted in epoch {epoch + 1}; continue with: unetkit train --resume {self.run_dir}")
-                raise
+            train_loss, out_of_time = self.train_epoch(epoch)
             finished = out_of_time or self.step >= self.total_steps
             row: dict[str, Any] = {"epoch": epoch + 1, "step": self.step, "train_loss": round(train_loss, 6)}
             improved = False
@@ -596,7 +605,6 @@ class Trainer:
                 t_val = self.clock()
                 val = self.validate()
                 self.budget.validation += self.clock() - t_val
-                validations += 1
                 if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                     self.scheduler.step(val.miou)
                 row.update(val_loss=round(val.loss or 0.0, 6), val_miou=round(val.miou, 6),
@@ -635,11 +643,7 @@ class Trainer:
                     self.log(f"early stopping: no better val mIoU for {cfg.early_stopping} validations")
                     stopped_early = True
                     break
-        final = self.finish()
-        self.log(self.budget.describe(self.step, validations))
-        return RunResult(run_dir=self.run_dir, best_miou=self.best_miou, best_epoch=self.best_epoch,
-                         epochs_run=len(self.history), history=self.history, final=final,
-                         stopped_early=stopped_early, steps=self.step, time=self.budget.to_dict())
+        return stopped_early
 
     def write_curves(self) -> None:
         """Redraw ``curves.png`` (about 0.2 s, so :meth:`run` does it at most every ``CURVES_EVERY_S``)."""
