@@ -15,7 +15,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from unetkit import UNet
 from unetkit.bench import (
     GOALS,
-    _PeakMemory,
+    PeakMemory,
+    PeakProbe,
     bench_encoders,
     bench_metrics,
     count_forward_flops,
@@ -25,14 +26,14 @@ from unetkit.bench import (
     format_report,
     keep_freed_memory,
     matmul_peak,
-    preferred_channels_last,
-    prepare_inference,
     run_bench,
 )
 from unetkit.cli.main import main
+from unetkit.infer import preferred_channels_last, prepare_inference
+from unetkit.models import UNetConfig
 
-TINY = {"encoder": "plain", "size": 32, "batch": 2, "infer_batch": 3, "iters": 2, "warmup": 1,
-        "model_options": {"base_channels": 4}, "peak_n": 512}
+TINY = {"config": UNetConfig(encoder="plain", base_channels=4), "size": 32, "batch": 2, "infer_batch": 3,
+        "iters": 2, "warmup": 1, "peak_n": 512}
 
 
 def finite_positive(v) -> bool:
@@ -51,6 +52,15 @@ def independent_train_flops(model, x, y) -> int:
     with FlopCounterMode(display=False) as c:
         F.cross_entropy(model(x), y).backward()
     return c.get_total_flops()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def quick_bench(one_torch_thread):
+    """One torch thread (tiny tensors), and the reference convolution at a tiny size: the peak is measured
+    the same way, in a fraction of the time."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(PeakProbe, "CONV", (1, 16, 16))
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +109,8 @@ def test_flops_equal_an_independent_count(report):
     m = report["models"]["unetkit"]
     model = UNet(encoder="plain", base_channels=4)
     assert m["params"] == sum(p.numel() for p in model.parameters())
+    assert report["config"]["model"] == model.config.to_dict()  # built as UNet(config), depth resolved
+    assert report["config"]["model_options"] == {"base_channels": 4}
     x = torch.randn(2, 3, 32, 32)
     y = torch.randint(0, 2, (2, 32, 32))
     assert m["forward_flops"] == independent_forward_flops(model, x[:1]) > 0
@@ -127,6 +139,8 @@ def test_compare_smp_ratios_and_compile(tmp_path):
     assert code == 0
     rep = json.loads(out.read_text())
     assert set(rep["models"]) == {"unetkit", "smp"}
+    assert rep["config"]["model_options"] == {"base_channels": 4}  # the generated model flags
+    assert rep["models"]["unetkit"]["params"] == sum(p.numel() for p in UNet(base_channels=4).parameters())
     assert rep["models"]["smp"]["name"] == "smp Unet('resnet18')"
     import segmentation_models_pytorch as smp
 
@@ -148,8 +162,10 @@ def test_compare_smp_ratios_and_compile(tmp_path):
 
 
 def test_compiled_variant_reports_compile_time():
-    rep = run_bench(encoder="plain", size=16, batch=1, iters=1, warmup=1, phases=("infer1",),
-                    channels_last="off", compile="both", fuse="off", model_options={"base_channels": 2, "depth": 2})
+    # A graph inductor compiles quickly: two stages, no norm layers, channels_last (no layout copies).
+    config = UNetConfig(encoder="plain", base_channels=2, depth=2, norm="none")
+    rep = run_bench(config, size=16, batch=1, iters=1, warmup=0, phases=("infer1",), channels_last="on",
+                    compile="both", fuse="off", peak_n=64)
     rows = {r["compiled"]: r for r in rep["rows"]}
     assert set(rows) == {False, True}
     assert rows[True]["compile_s"] >= 0 and rows[False]["compile_s"] is None
@@ -163,8 +179,8 @@ def test_fuse_both_and_auto_layout():
     assert {r["layout"] for r in rep["rows"]} == {expected}
 
 
-@pytest.mark.parametrize("bad", [{"channels_last": "sideways"}, {"compile": "maybe"}, {"phases": ("train", "x")},
-                                 {"compare": "keras"}, {"iters": 0}])
+@pytest.mark.parametrize("bad", [{"channels_last": "sideways"}, {"compile": "maybe"},
+                                 {"phases": ("train", "x")}, {"compare": "keras"}, {"iters": 0}])
 def test_bad_arguments_raise(bad):
     with pytest.raises(ValueError):
         run_bench(**{**TINY, **bad})
@@ -181,7 +197,7 @@ def test_cli_user_errors_exit_2(capsys):
 def test_matmul_peak_and_peak_memory():
     peak = matmul_peak(n=256, repeats=3)
     assert len(peak["samples"]) == 3 and all(finite_positive(s) for s in peak["samples"])
-    with _PeakMemory(torch.device("cpu")) as pm:
+    with PeakMemory(torch.device("cpu")) as pm:
         t = torch.ones(16 * 2**20)  # 64 MiB, touched
         del t
     if pm.peak is not None:  # Linux: /proc/self/status
@@ -214,9 +230,10 @@ def test_encoders_bench_table():
 
 def test_cli_metrics_and_encoders_json(tmp_path):
     out = tmp_path / "m.json"
-    assert main(["bench", "--suite", "metrics", "--size", "32", "--batch", "1", "--iters", "1", "--quiet",
-                 "--json", str(out)]) == 0
-    assert json.loads(out.read_text())["pixels_per_update"] == 32 * 32
+    assert main(["bench", "--suite", "metrics", "--size", "32", "--batch", "1", "--iters", "1",
+                 "--num-classes", "3", "--quiet", "--json", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    assert rep["pixels_per_update"] == 32 * 32 and rep["config"]["num_classes"] == 3
     out2 = tmp_path / "e.json"
     assert main(["bench", "--suite", "encoders", "--encoders", "plain", "--size", "32", "--iters", "1",
                  "--quiet", "--json", str(out2)]) == 0

@@ -278,8 +278,12 @@ def preferred_channels_last(device: str | torch.device, phase: str = "train") ->
 
 
 def compile_for_inference(model: torch.nn.Module) -> torch.nn.Module:
-    """``torch.compile`` with ``freezing``: weights become constants, so conv+BN folding, conv+ReLU fusion
-    and (on CPU) oneDNN weight prepacking happen at compile time. Only for models that no longer train."""
+    """``torch.compile`` asking inductor for ``freezing`` (weights as constants: conv+BN folding, conv+ReLU
+    fusion, oneDNN weight prepacking on CPU). Only for models that no longer train.
+
+    Known limit: Dynamo reads ``torch._inductor.config.freezing`` when it traces, before this per-call
+    option applies, so with torch 2.14 the graph is not frozen (BN stays unfolded unless fused first).
+    """
     return torch.compile(model, options={"freezing": True})  # type: ignore[return-value]
 
 

@@ -11,53 +11,73 @@ import argparse
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ..device import resolve_device
 from .main import CLIError
+from .options import add_model_options, model_config_from_args
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..models.config import UNetConfig
+
+
+class _DefaultsOnce(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds each flag's default to its help, unless the help names it already (the model flags do)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        return text if "(default" in text else super()._get_help_string(action)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``unetkit bench``."""
     p = sub.add_parser(
         "bench", help="benchmark training/inference speed (optionally against smp's Unet)",
-        description="Measure a training step (images/s), batch-1 latency and batch-N throughput, peak memory, "
-                    "forward FLOPs, achieved GFLOP/s and the fraction of the fp32 matmul peak measured in the "
-                    "same run. Variants (models, layouts, compile) are timed round-robin; numbers are medians. "
+        description="Measure a training step (images/s), batch-1 latency and batch-N throughput, peak "
+                    "memory, forward FLOPs, achieved GFLOP/s and the fraction of the fp32 matmul peak "
+                    "measured in the same run. Variants (models, layouts, compile) are timed round-robin; "
+                    "numbers are medians. The model flags are those of 'unetkit train' (default: the plain "
+                    "UNet at the paper's widths). "
                     "Example: unetkit bench --encoder vgg16 --compare smp --json bench.json",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_DefaultsOnce)
     p.add_argument("--suite", choices=("model", "metrics", "encoders"), default="model",
                    help="what to benchmark")
-    p.add_argument("--encoder", default="vgg16", help="UNet encoder (plain, vgg16, resnet34, ...)")
-    p.add_argument("--base-channels", type=int, default=64, help="plain encoder's first width")
     p.add_argument("--size", type=int, default=256, help="square input side")
     p.add_argument("--batch", type=int, default=4, help="training batch")
     p.add_argument("--infer-batch", type=int, default=8, help="batch of the inference-throughput phase")
-    p.add_argument("--classes", type=int, default=2, help="output classes")
-    p.add_argument("--in-channels", type=int, default=3, help="input channels")
     p.add_argument("--iters", type=int, default=5, help="timed rounds per phase")
     p.add_argument("--warmup", type=int, default=1, help="warm-up steps per variant and phase")
     p.add_argument("--phases", default="train,infer1,inferN",
                    help="comma list of train, infer1 (batch-1 latency), inferN (batch-N throughput)")
     p.add_argument("--channels-last", choices=("auto", "on", "off", "both"), default="both",
-                   help="memory layout; both measures NCHW and channels_last, auto uses the per-device choice")
+                   help="memory layout; both measures NCHW and channels_last, auto uses the per-device "
+                        "choice")
     p.add_argument("--compile", nargs="?", const="on", choices=("on", "off", "both"), default="off",
                    help="torch.compile variants (bare --compile: on; both: eager and compiled)")
-    p.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune (None: default mode; inference compiles with freezing)")
+    p.add_argument("--compile-mode", default=None,
+                   help="torch.compile mode, e.g. max-autotune (None: default mode; inference compiles with "
+                        "freezing)")
     p.add_argument("--fuse", choices=("on", "off", "both"), default="on",
                    help="fold conv+BN for inference (applied alike to every compared model)")
     p.add_argument("--compare", choices=("smp",), default=None,
                    help="also measure segmentation_models.pytorch's Unet with the same encoder")
-    p.add_argument("--smp-encoder", default=None, help="smp encoder to compare with (None: the same name when smp has it, else vgg16)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--smp-encoder", default=None,
+                   help="smp encoder to compare with (None: the same name when smp has it, else vgg16)")
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--malloc", choices=("keep", "default"), default="keep",
-                   help="CPU: keep = malloc reuses freed activations instead of unmapping them (no page faults "
-                        "per step; see unetkit.bench.keep_freed_memory), default = glibc's behaviour")
+                   help="CPU: keep = malloc reuses freed activations instead of unmapping them (no page "
+                        "faults per step; see unetkit.bench.keep_freed_memory), default = glibc's behaviour")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (None: torch's choice)")
     p.add_argument("--profile", action="store_true", help="add the top operators per model and phase")
     p.add_argument("--encoders", default=None, help="encoders suite: comma list (default: all registered)")
     p.add_argument("--json", type=Path, default=None, metavar="OUT.json", help="write the full report here")
     p.add_argument("--markdown", action="store_true", help="print tables in markdown")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    # The model flags of train and info; weights do not change speed, and benchmarks never download.
+    add_model_options(p, suppress=False, skip=("encoder_weights",),
+                      title="model (--num-classes also applies to the metrics and encoders suites)")
     p.set_defaults(func=run)
 
 
@@ -65,8 +85,9 @@ def _progress(args: argparse.Namespace):  # noqa: ANN202 - a print-like callable
     return None if args.quiet else (lambda msg: print(msg, flush=True))
 
 
-def _check(args: argparse.Namespace) -> list[str]:
-    for name in ("size", "batch", "infer_batch", "classes", "in_channels", "iters", "base_channels"):
+def _check(args: argparse.Namespace) -> tuple[list[str], UNetConfig, torch.device]:
+    """The phases, model config and device the flags ask for; a :class:`CLIError` for a bad flag."""
+    for name in ("size", "batch", "infer_batch", "iters"):
         if getattr(args, name) < 1:
             raise CLIError(f"--{name.replace('_', '-')} must be >= 1, not {getattr(args, name)}")
     if args.warmup < 0:
@@ -77,21 +98,20 @@ def _check(args: argparse.Namespace) -> list[str]:
     bad = [p for p in phases if p not in ("train", "infer1", "inferN")]
     if bad or not phases:
         raise CLIError(f"--phases takes train, infer1, inferN; got {args.phases!r}")
-    if args.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise CLIError("--device cuda but no CUDA device is available")
-    elif args.device != "cpu":
-        raise CLIError(f"--device must be cpu or cuda[:N], not {args.device!r}")
-    return phases
+    try:
+        config = model_config_from_args(args)
+        device = resolve_device(args.device)
+    except ValueError as e:
+        raise CLIError(str(e)) from e
+    return phases, config, device
 
 
 def _encoder_known(name: str) -> None:
     from ..models.encoders import encoder_names
 
     if not name.startswith("timm:") and name not in encoder_names():
-        raise CLIError(f"unknown encoder {name!r}; choose one of {', '.join(encoder_names())} or 'timm:<name>'")
+        raise CLIError(f"unknown encoder {name!r}; choose one of {', '.join(encoder_names())} "
+                       "or 'timm:<name>'")
 
 
 def _clean(obj: Any) -> Any:
@@ -115,31 +135,29 @@ def run(args: argparse.Namespace) -> int:
     """Run the chosen suite, print its table, write the JSON report if asked."""
     from .. import bench
 
-    phases = _check(args)
+    phases, config, device = _check(args)
     progress = _progress(args)
     with bench.num_threads(args.threads):
         if args.suite == "metrics":
-            report = bench.bench_metrics(size=args.size, num_classes=args.classes, batch=args.batch,
-                                         iters=args.iters, warmup=args.warmup, device=args.device)
+            report = bench.bench_metrics(size=args.size, num_classes=config.num_classes, batch=args.batch,
+                                         iters=args.iters, warmup=args.warmup, device=device)
             text = bench.format_metrics(report, args.markdown)
         elif args.suite == "encoders":
             names = [n.strip() for n in args.encoders.split(",")] if args.encoders else None
             for n in names or []:
                 _encoder_known(n)
             report = bench.bench_encoders(names, size=args.size, batch=args.batch, iters=args.iters,
-                                          warmup=args.warmup, num_classes=args.classes, device=args.device,
+                                          warmup=args.warmup, num_classes=config.num_classes, device=device,
                                           progress=progress)
             text = bench.format_encoders_markdown(report)
         else:
-            _encoder_known(args.encoder)
-            options = {"base_channels": args.base_channels} if args.encoder == "plain" else {}
+            _encoder_known(config.encoder)
             report = bench.run_bench(
-                encoder=args.encoder, size=args.size, batch=args.batch, num_classes=args.classes,
-                in_channels=args.in_channels, iters=args.iters, warmup=args.warmup,
+                config, size=args.size, batch=args.batch, iters=args.iters, warmup=args.warmup,
                 channels_last=args.channels_last, compile=args.compile, fuse=args.fuse, compare=args.compare,
-                device=args.device, infer_batch=args.infer_batch, phases=phases, model_options=options,
-                smp_encoder=args.smp_encoder, profile=args.profile, compile_mode=args.compile_mode,
-                keep_freed=args.malloc == "keep", progress=progress)
+                device=device, infer_batch=args.infer_batch, phases=phases, smp_encoder=args.smp_encoder,
+                profile=args.profile, compile_mode=args.compile_mode, keep_freed=args.malloc == "keep",
+                progress=progress)
             text = bench.format_report(report, args.markdown)
     print(text)
     if args.json is not None:
