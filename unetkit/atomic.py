@@ -81,3 +81,45 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
             p.unlink(missing_ok=True)
             removed.append(p)
     return removed
+
+
+#: Files and folders a training run writes into its run directory (``--overwrite`` removes only these).
+RUN_FILES = ("config.yaml", "plan.yaml", "metrics.csv", "curves.png", "last.pt", "best.pt", "report.html",
+             "metrics.json", "samples")
+LOCK_NAME = ".unetkit.lock"
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot be used as asked; the message says why and what to do."""
+
+
+def claim_run_folder(run_dir: str | Path, *, resume: bool = False, overwrite: bool = False) -> object:
+    """Make ``run_dir`` this process's run folder; return the lock (keep a reference while the run lasts).
+
+    The lock is an OS file lock (``filelock``), so a killed run never leaves it held. A folder that holds
+    an earlier run's files is refused unless ``resume`` (continue it) or ``overwrite`` (its run files are
+    deleted first; other files are left alone). Stale temporaries of killed writes are removed.
+    """
+    from filelock import FileLock, Timeout
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(run_dir / LOCK_NAME))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise RunFolderError(f"{run_dir}: another unetkit run is using this run folder; wait for it to finish or "
+                             "choose another --out") from None
+    earlier = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if earlier and not resume:
+        if not overwrite:
+            lock.release()
+            raise RunFolderError(f"{run_dir}: holds an earlier run ({', '.join(earlier[:3])}...); continue it with "
+                                 "--resume, replace it with --overwrite, or choose another --out")
+        import shutil
+
+        for name in earlier:
+            target = run_dir / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+    remove_stale_temporaries(run_dir)
+    return lock

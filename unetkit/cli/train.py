@@ -22,6 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", metavar="FILE.yaml", help="read options from a YAML file")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last.pt")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train into a run folder that holds an earlier run, replacing its files")
     p.add_argument("--devices", type=int, metavar="N",
                    help="launch N local processes with torchrun (DDP); or start under torchrun yourself")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -68,9 +70,18 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     longer = "epochs" in vars(args) or "time" in vars(args)  # a resumed run may be extended
+    if args.resume is not None:
+        from ..models.config import field_names
+
+        options = set(cfg.to_dict()) | set(field_names())
+        other = sorted(set(vars(args)) & options - {"epochs", "time"})
+        if other or args.config:
+            given = ", ".join(f"--{n.replace('_', '-')}" for n in other) or "--config"
+            raise ValueError(f"--resume continues {args.resume} with its own data and options; {given} cannot "
+                             "change them (only --epochs and --time extend a run): drop it, or start a new run")
     try:
         result = fit(cfg if (args.resume is None or longer) else None, resume=args.resume,
-                     progress=not args.quiet)
+                     progress=not args.quiet, overwrite=args.overwrite)
     finally:  # leave the process group before exit: gloo's threads abort the process if torn down live
         cleanup_distributed()
     if int(os.environ.get("RANK", "0")) == 0:

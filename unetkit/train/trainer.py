@@ -27,9 +27,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_write, remove_stale_temporaries
+from ..atomic import atomic_write, claim_run_folder
 from ..checkpoint import DataInfo, read_checkpoint, save_checkpoint
-from ..data import AugmentConfig, SegmentationDataset, get_datasets
+from ..data import BUILTIN_DATASETS, AugmentConfig, SegmentationDataset, get_datasets
 from ..data.fingerprint import Fingerprint
 from ..data.patches import PatchDataset
 from ..evaluate import EvalResult, evaluate
@@ -241,18 +241,25 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig | None = None, *, resume: str | Path | None = None,
                  progress: bool = True, log: Callable[[str], None] = print,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, overwrite: bool = False) -> None:
         self.clock = clock
+        self.overwrite = overwrite
         t_setup = clock()
         ckpt = None
         if resume is not None:  # the saved config, except that cfg.epochs / cfg.time may extend the run
-            ckpt = read_checkpoint(Path(resume) / "last.pt" if Path(resume).is_dir() else resume)
+            path = Path(resume)
+            if path.is_dir() and not (path / "last.pt").is_file():
+                raise ValueError(f"{path}: no last.pt in this folder, so there is nothing to resume; start the run "
+                                 "without --resume (add --overwrite to reuse the folder)")
+            ckpt = read_checkpoint(path / "last.pt" if path.is_dir() else path)
             saved = TrainConfig.from_dict(ckpt["config"], where=ckpt["path"])
             if cfg is not None:
                 saved.epochs, saved.time = cfg.epochs or saved.epochs, cfg.time or saved.time
             cfg = saved
             cfg.out = str(Path(ckpt["path"]).parent)
         cfg = cfg or TrainConfig()
+        if cfg.data.lower() not in BUILTIN_DATASETS and Path(cfg.data).exists():
+            cfg.data = str(Path(cfg.data).resolve())  # so --resume works from any working directory
         self.dist: DistInfo = init_distributed(cfg.device)
         self.progress = progress
         self._log = log
@@ -564,10 +571,19 @@ class Trainer:
 
     # ----------------------------------------------------------------- the run
     def run(self) -> RunResult:
+        """Train, evaluate the best checkpoint, write the report; the run folder is locked meanwhile."""
+        lock = None
+        if self.dist.is_main:
+            lock = claim_run_folder(self.run_dir, resume=self.start_epoch > 0, overwrite=self.overwrite)
+        try:
+            return self._run()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _run(self) -> RunResult:
         cfg = self.cfg
         if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            remove_stale_temporaries(self.run_dir)
             (self.run_dir / "samples").mkdir(exist_ok=True)
             atomic_write(self.run_dir / "config.yaml",
                          lambda tmp: tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
@@ -691,10 +707,12 @@ def fingerprint_stub(ds: SegmentationDataset) -> Fingerprint:
 
 
 def fit(cfg: TrainConfig | None = None, *, resume: str | Path | None = None, progress: bool = True,
-        log: Callable[[str], None] = print, clock: Callable[[], float] = time.monotonic) -> RunResult:
+        log: Callable[[str], None] = print, clock: Callable[[], float] = time.monotonic,
+        overwrite: bool = False) -> RunResult:
     """Train a UNet as ``cfg`` says (default: the ``ct-chest`` demo) and return the run's outcome.
 
     ``resume``: a run directory (or its ``last.pt``) to continue; its saved config and plan are used, except
-    that ``cfg.epochs`` / ``cfg.time`` (when ``cfg`` is given) may extend the run.
+    that ``cfg.epochs`` / ``cfg.time`` (when ``cfg`` is given) may extend the run. A run folder holding an
+    earlier run is refused unless ``resume`` or ``overwrite`` (its run files are deleted first).
     """
-    return Trainer(cfg, resume=resume, progress=progress, log=log, clock=clock).run()
+    return Trainer(cfg, resume=resume, progress=progress, log=log, clock=clock, overwrite=overwrite).run()
