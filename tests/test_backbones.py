@@ -1,14 +1,15 @@
-"""Pretrained-backbone encoders: every registered encoder through UNet, torchvision parity, weights, timm.
+"""Encoder-specific checks: torchvision parity, weights files and layouts, depth, the hub cache, the catalog, timm.
 
-Nothing is downloaded: the tests build the state dicts they need (random weights, randomised BatchNorm
-statistics) and save them under ``tmp_path``; the torch hub path is exercised through a temporary hub dir
-with downloading patched to fail.
+What every encoder shares (forward and backward through UNet, round trips, export, a training step from a
+local weights file) is in ``test_models.py``. Nothing is downloaded: the tests build the state dicts they
+need (random weights, randomised BatchNorm statistics) and save them under ``tmp_path``; the torch hub path
+is exercised through a temporary hub dir with downloading patched to fail.
 """
 
 from __future__ import annotations
 
-import math
 import sys
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -18,30 +19,26 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 from unetkit.models import UNet
 from unetkit.models.encoders import encoder_names, format_encoders, get_encoder, list_encoders
-from unetkit.models.encoders.base import IMAGENET_MEAN, IMAGENET_STD
+from unetkit.models.encoders.base import IMAGENET_MEAN, IMAGENET_STD, adapt_input_conv
 from unetkit.models.encoders.torchvision_backbones import IMAGENET_WEIGHTS, hub_checkpoint_path
 from unetkit.models.encoders.weights import WeightsError
 
-BACKBONES = ["resnet18", "resnet34", "resnet50", "resnext50_32x4d", "mobilenet_v3_large", "mobilenet_v3_small",
-             "efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "efficientnet_b4",
-             "swin_t", "convnext_tiny"]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+BACKBONES = ["vgg16", "vgg16_bn", "resnet18", "resnet34", "resnet50", "resnext50_32x4d", "mobilenet_v3_large",
+             "mobilenet_v3_small", "efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3",
+             "efficientnet_b4", "swin_t", "convnext_tiny"]
 
 # Where each family's stages come from in torchvision's own model (create_feature_extractor node names).
 REFERENCE_NODES = {
+    "vgg16": ["features.3", "features.8", "features.15", "features.22", "features.29"],  # ReLU before a pool
+    "vgg16_bn": ["features.5", "features.12", "features.22", "features.32", "features.42"],
     "resnet18": ["relu", "layer1", "layer2", "layer3", "layer4"],
     "mobilenet_v3_small": ["features.0", "features.1", "features.3", "features.8", "features.12"],
     "efficientnet_b0": ["features.1", "features.2", "features.3", "features.5", "features.7"],
     "convnext_tiny": ["features.1", "features.3", "features.5", "features.7"],
     "swin_t": ["features.1", "features.3", "features.5", "norm"],  # NHWC
 }
-
-
-@pytest.fixture(autouse=True)
-def _few_threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(old)
 
 
 def random_torchvision(arch: str, seed: int = 0) -> nn.Module:
@@ -57,6 +54,26 @@ def random_torchvision(arch: str, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
+@pytest.fixture(scope="module")
+def torchvision_model() -> Callable[..., nn.Module]:
+    """:func:`random_torchvision`, each ``(arch, seed)`` built once per module (tests only read them)."""
+    built: dict[tuple[str, int], nn.Module] = {}
+
+    def get(arch: str, seed: int = 0) -> nn.Module:
+        if (arch, seed) not in built:
+            built[arch, seed] = random_torchvision(arch, seed)
+        return built[arch, seed]
+
+    return get
+
+
+def state_dict_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict as a file would hold it; VGG's classifier (120M parameters, ignored on
+    loading) is left out to keep the file small."""
+    return {k: v for k, v in model.state_dict().items()
+            if not (isinstance(model, torchvision.models.VGG) and k.startswith("classifier."))}
+
+
 def reference_features(model: nn.Module, arch: str, x: torch.Tensor) -> list[torch.Tensor]:
     """torchvision's intermediate outputs for ``arch``'s stages, as NCHW tensors."""
     nodes = REFERENCE_NODES[arch]
@@ -67,39 +84,15 @@ def reference_features(model: nn.Module, arch: str, x: torch.Tensor) -> list[tor
     return [f.permute(0, 3, 1, 2) for f in feats] if arch.startswith("swin") else feats
 
 
-# ---------------------------------------------------------------------------------------------- registry
+# ------------------------------------------------------------------------------------- registry, depth
 
 
 def test_required_backbones_are_registered():
     assert set(BACKBONES) <= set(encoder_names())
 
 
-@pytest.mark.parametrize("name", encoder_names())
-def test_every_encoder_through_unet_forward_backward(name: str):
-    torch.manual_seed(0)
-    model = UNet(num_classes=3, in_channels=3, encoder=name).train()
-    seen: list[list[torch.Tensor]] = []
-    model.encoder.register_forward_hook(lambda _m, _i, out: seen.append(out))
-    x = torch.randn(1, 3, 67, 75)
-    y = model(x)
-    assert y.shape == (1, 3, 67, 75)
-    y.square().mean().backward()
-
-    # Stages honour the declared channels and (up to rounding) reductions.
-    feats = seen[0]
-    assert [f.shape[1] for f in feats] == list(model.encoder.out_channels)
-    for f, r in zip(feats, model.encoder.reductions):
-        assert math.floor(67 / r) <= f.shape[2] <= math.ceil(67 / r)
-        assert math.floor(75 / r) <= f.shape[3] <= math.ceil(75 / r)
-    # Gradients reach both ends: the decoder and the encoder's first (stem) weights.
-    dec_grads = [p.grad for p in model.decoder.parameters()]
-    enc_first = next(p for p in model.encoder.parameters() if p.dim() == 4)
-    assert all(g is not None and torch.isfinite(g).all() for g in dec_grads)
-    assert enc_first.grad is not None and torch.isfinite(enc_first.grad).all()
-    assert enc_first.grad.abs().sum() > 0
-
-
 @pytest.mark.parametrize("name,depth,channels", [
+    ("vgg16", 2, (64, 128)),
     ("resnet18", 3, (64, 64, 128)),
     ("efficientnet_b0", 2, (16, 24)),
     ("swin_t", 2, (96, 192)),
@@ -123,29 +116,23 @@ def test_resnet_depth_through_unet_and_truncated_weights(tmp_path):
     assert model(torch.randn(1, 3, 40, 44)).shape == (1, 2, 40, 44)
 
 
-def test_freeze_encoder_keeps_batchnorm_in_eval():
-    torch.manual_seed(0)
-    model = UNet(num_classes=2, encoder="resnet18", freeze_encoder=True)
-    model.train()
-    assert all(not p.requires_grad for p in model.encoder.parameters())
-    assert all(p.requires_grad for p in model.decoder.parameters())
-    bns = [m for m in model.encoder.modules() if isinstance(m, nn.BatchNorm2d)]
-    assert bns and all(not m.training for m in bns)
-    stats = model.encoder.bn1.running_mean.clone()
-    model(torch.randn(2, 3, 64, 64)).mean().backward()
-    assert torch.equal(model.encoder.bn1.running_mean, stats)
-    assert model.encoder.conv1.weight.grad is None
-    assert model.head.weight.grad is not None
+def test_vgg16_stage_table():
+    with torch.device("meta"):  # shapes only: nothing is allocated or computed
+        model = UNet(encoder="vgg16")
+        feats = model.encoder(torch.empty(1, 3, 256, 256))
+    assert model.encoder.out_channels == (64, 128, 256, 512, 512)
+    assert [tuple(f.shape[1:]) for f in feats] == [
+        (64, 256, 256), (128, 128, 128), (256, 64, 64), (512, 32, 32), (512, 16, 16)]
 
 
 # ---------------------------------------------------------------------------------- torchvision parity
 
 
 @pytest.mark.parametrize("arch", list(REFERENCE_NODES))
-def test_local_state_dict_reproduces_torchvision_features(arch: str, tmp_path):
-    tv = random_torchvision(arch)
+def test_local_state_dict_reproduces_torchvision_features(arch: str, tmp_path, torchvision_model):
+    tv = torchvision_model(arch)
     path = tmp_path / f"{arch}.pth"
-    torch.save(tv.state_dict(), path)
+    torch.save(state_dict_of(tv), path)
     enc = get_encoder(arch, weights=str(path)).eval()
     assert enc.mean == IMAGENET_MEAN and enc.std == IMAGENET_STD
     x = torch.randn(1, 3, 64, 64)
@@ -156,6 +143,33 @@ def test_local_state_dict_reproduces_torchvision_features(arch: str, tmp_path):
     for a, b in zip(ours, ref):
         assert a.shape == b.shape
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["vgg16", "vgg16_bn"])
+@pytest.mark.parametrize(("layout", "suffix"), [("whole", ".pth"), ("features", ".pth"),
+                                                ("features", ".safetensors")])
+def test_vgg_weights_load_and_match_torchvision(tmp_path, arch, layout, suffix, torchvision_model):
+    """torchvision's whole-model (``features.N.*``) and features-only (``N.*``) state dicts load as they are."""
+    from safetensors.torch import save_file
+
+    ref = torchvision_model(arch).features
+    sd = ref.state_dict()
+    if layout == "whole":
+        sd = {f"features.{k}": v for k, v in sd.items()} | {"classifier.0.weight": torch.randn(4, 4)}
+    path = tmp_path / f"{arch}{suffix}"
+    if suffix == ".safetensors":
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    else:
+        torch.save(sd, path)
+    model = UNet(num_classes=2, encoder=arch, encoder_weights=path).eval()
+    # Kaiming init of decoder and heads must not touch the loaded encoder.
+    for k, v in ref.state_dict().items():
+        assert torch.equal(model.encoder.features.state_dict()[k], v), k
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        deepest = model.encoder(x)[-1]
+        assert torch.allclose(nn.functional.max_pool2d(deepest, 2), ref(x), atol=1e-5)
+    assert model.encoder.mean == (0.485, 0.456, 0.406)
 
 
 def test_safetensors_and_old_checkpoints_without_num_batches_tracked(tmp_path):
@@ -170,20 +184,30 @@ def test_safetensors_and_old_checkpoints_without_num_batches_tracked(tmp_path):
     assert torch.equal(enc.conv1.weight, tv.conv1.weight)
 
 
-def test_foreign_state_dict_is_rejected(tmp_path):
+def test_weights_that_do_not_fit_are_rejected(tmp_path, torchvision_model):
     path = tmp_path / "resnet34.pth"
     torch.save(torchvision.models.resnet34().state_dict(), path)  # same shapes, extra blocks
     with pytest.raises(WeightsError, match="not in torchvision's resnet18"):
         get_encoder("resnet18", weights=str(path))
+    vgg = tmp_path / "vgg16.pth"
+    torch.save(state_dict_of(torchvision_model("vgg16")), vgg)  # VGG16's conv indices are VGG16-BN's ReLUs
+    with pytest.raises(WeightsError, match="not in torchvision's vgg16_bn"):
+        get_encoder("vgg16_bn", weights=str(vgg))
     with pytest.raises(WeightsError, match="not found"):
         get_encoder("resnet18", weights=str(tmp_path / "missing.pth"))
+    bad = tmp_path / "nope.pth"
+    with pytest.raises(ValueError, match="nope.pth"):
+        UNet(encoder="vgg16", encoder_weights=bad)
+    bad.write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="cannot read weights"):
+        UNet(encoder="vgg16", encoder_weights=bad)
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "convnext_tiny"])
-def test_in_channels_adaptation_matches_rgb(arch: str, tmp_path):
-    tv = random_torchvision(arch, seed=1)
+@pytest.mark.parametrize("arch", ["vgg16", "resnet18", "convnext_tiny"])
+def test_in_channels_adaptation_matches_rgb(arch: str, tmp_path, torchvision_model):
+    tv = torchvision_model(arch, seed=1)
     path = tmp_path / f"{arch}.pth"
-    torch.save(tv.state_dict(), path)
+    torch.save(state_dict_of(tv), path)
     grey = torch.rand(1, 1, 64, 64)
     rgb = torch.rand(1, 3, 64, 64)
     one = get_encoder(arch, in_channels=1, weights=str(path)).eval()
@@ -200,6 +224,7 @@ def test_in_channels_adaptation_matches_rgb(arch: str, tmp_path):
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
     assert len(arch_nodes) == len(ours_grey)
     assert one.mean == (pytest.approx(sum(IMAGENET_MEAN) / 3),)
+    assert one.std == (pytest.approx(sum(IMAGENET_STD) / 3),)
     assert len(six.mean) == 6 and six.std[3:] == IMAGENET_STD
 
 
@@ -208,6 +233,24 @@ def test_in_channels_from_scratch_through_unet():
     assert model.encoder.features[0][0].weight.shape[1] == 1
     assert model.encoder.mean is None
     assert model(torch.randn(1, 1, 64, 64)).shape == (1, 2, 64, 64)
+
+
+def test_adapt_input_conv():
+    w = torch.randn(8, 3, 3, 3)
+    assert torch.allclose(adapt_input_conv(w, 1), w.sum(1, keepdim=True))
+    w5 = adapt_input_conv(w, 5)
+    assert w5.shape == (8, 5, 3, 3)
+    assert torch.allclose(w5[:, 3], w[:, 0] * 3 / 5)
+    # A 5-channel image repeating RGB-like values keeps the response's scale: sum over channels.
+    assert torch.allclose(w5.sum(1), (w[:, [0, 1, 2, 0, 1]]).sum(1) * 3 / 5)
+
+
+def test_plain_weights_roundtrip(tmp_path):
+    a = UNet(num_classes=2, base_channels=4)
+    torch.save(a.encoder.state_dict(), tmp_path / "enc.pt")
+    b = UNet(num_classes=2, base_channels=4, encoder_weights=tmp_path / "enc.pt")
+    for k, v in a.encoder.state_dict().items():
+        assert torch.equal(b.encoder.state_dict()[k], v)
 
 
 # ------------------------------------------------------------------------------------- torch hub cache
@@ -227,23 +270,35 @@ def hub_dir(tmp_path, monkeypatch):
     torch.hub.set_dir(old)
 
 
-def test_imagenet_weights_come_from_the_hub_cache(hub_dir):
+def test_imagenet_weights_come_from_the_hub_cache(hub_dir, torchvision_model):
+    """``encoder_weights="imagenet"`` goes through torchvision's enum and torch hub's cache, not the network."""
     enum = IMAGENET_WEIGHTS["resnet18"]
     assert enum is torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+    assert IMAGENET_WEIGHTS["vgg16"] is torchvision.models.VGG16_Weights.IMAGENET1K_V1
+    assert IMAGENET_WEIGHTS["vgg16_bn"] is torchvision.models.VGG16_BN_Weights.IMAGENET1K_V1
     tv = random_torchvision("resnet18", seed=7)
     target = hub_dir / "checkpoints" / enum.url.rsplit("/", 1)[-1]
     target.parent.mkdir(parents=True)
     torch.save(tv.state_dict(), target)
     assert hub_checkpoint_path(enum) == target
+    vgg = torchvision_model("vgg16")
+    torch.save(state_dict_of(vgg), hub_checkpoint_path(IMAGENET_WEIGHTS["vgg16"]))
 
     model = UNet(num_classes=2, encoder="resnet18", encoder_weights="imagenet")
     assert torch.equal(model.encoder.conv1.weight, tv.conv1.weight)
     assert torch.equal(model.encoder.layer3[0].bn1.running_mean, tv.layer3[0].bn1.running_mean)
     assert model.encoder.mean == IMAGENET_MEAN and model.encoder.std == IMAGENET_STD
+    assert torch.equal(get_encoder("vgg16", weights="imagenet").features[0].weight, vgg.features[0].weight)
+    grey_vgg = UNet(num_classes=2, in_channels=1, encoder="vgg16", encoder_weights="imagenet")
+    assert torch.equal(grey_vgg.encoder.features[0].weight, vgg.features[0].weight.sum(1, keepdim=True))
+    assert torch.equal(grey_vgg.encoder.features[28].weight, vgg.features[28].weight)
+    assert grey_vgg.encoder.mean == (pytest.approx(sum(IMAGENET_MEAN) / 3),)
 
-    records = {r.name: r for r in list_encoders(["resnet18", "resnet34", "plain"])}
+    records = {r.name: r for r in list_encoders(["resnet18", "resnet34", "vgg16", "vgg16_bn", "plain"])}
     assert records["resnet18"].imagenet_cached is True
+    assert records["vgg16"].imagenet_cached is True
     assert records["resnet34"].imagenet_cached is False
+    assert records["vgg16_bn"].imagenet_cached is False
     assert records["plain"].imagenet_weights is None
 
     # A weights file that is not cached fails with a clear message, without touching the network.
@@ -261,6 +316,9 @@ def test_list_encoders_records_and_table():
     assert r18.out_channels == (64, 64, 128, 256, 512) and r18.reductions == (2, 4, 8, 16, 32)
     assert r18.params == sum(p.numel() for p in get_encoder("resnet18").parameters())
     assert r18.imagenet_weights == "ResNet18_Weights.IMAGENET1K_V1"
+    assert records["vgg16"].imagenet_weights == "VGG16_Weights.IMAGENET1K_V1"
+    assert records["vgg16_bn"].imagenet_weights == "VGG16_BN_Weights.IMAGENET1K_V1"
+    assert records["vgg16"].params == sum(p.numel() for p in get_encoder("vgg16").parameters()) == 14_714_688
     assert records["swin_t"].reductions == (4, 8, 16, 32)
     assert records["efficientnet_b4"].out_channels == (24, 32, 56, 160, 448)
     table = format_encoders(list(records.values()))

@@ -1,34 +1,185 @@
-"""The shared model test base: every UNet variant forward and backward at odd sizes, plus the paper's net."""
+"""The shared model test base: every registered encoder and every head option through UNet.
+
+For each encoder (``encoder_names()``, no pretrained weights) and each option (plain head, deep supervision,
+multiscale fusion, self-attention): forward and backward at an odd size, the config and state-dict round
+trips; for each encoder: ``torch.export`` and one training step from a local weights file with 1, 3 and 4
+input channels. Then the decoder's upsample x skip matrix, the 2015 paper's network and the options' own
+behaviour. Encoder-specific checks (torchvision parity, weights files, timm) live in ``test_backbones.py``.
+"""
 
 from __future__ import annotations
 
 import itertools
+import math
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 from torch import nn
-from torchvision import models
 
 from unetkit import UNet, summary
 from unetkit.models.attention import SelfAttention
-from unetkit.models.encoders import adapt_input_conv, encoder_names
+from unetkit.models.encoders import adapt_input_conv, encoder_names, list_encoders
 
+ENCODERS = encoder_names()
+OPTIONS = {
+    "plain_head": {},
+    "deep_supervision": {"deep_supervision": True},
+    "multiscale_fusion": {"multiscale_fusion": True},
+    "self_attention": {"attention": "self"},
+}
 UPSAMPLES = ("transpose", "bilinear", "pixelshuffle")
 SKIPS = ("crop", "pool", "interpolate", "pad")
 
 
-def small(encoder: str, **kw) -> UNet:
-    """A fast model: the plain encoder at width 4; VGG at its own widths with 3 stages."""
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def tiny(encoder: str, **options) -> UNet:
+    """A fast model: the plain encoder at width 4; any other encoder whole, with an 8-channel decoder."""
     if encoder == "plain":
-        return UNet(encoder=encoder, base_channels=4, **kw)
-    return UNet(encoder=encoder, depth=3, **kw)
+        return UNet(encoder=encoder, base_channels=4, **options)
+    record = list_encoders([encoder])[0]  # stage shapes, built once per process on the meta device
+    depth = options.get("depth") or len(record.reductions)
+    stages = depth - 1 + int(math.log2(record.reductions[0]))  # skip stages + skip-less upsamplings
+    return UNet(encoder=encoder, decoder_channels=(8,) * stages, **options)
+
+
+def first_conv(model: UNet) -> tuple[str, nn.Parameter]:
+    """The encoder's first convolution weight (its stem), by name."""
+    return next((n, p) for n, p in model.encoder.named_parameters() if p.dim() == 4)
+
+
+# ------------------------------------------------------------------------------- every encoder x option
+
+
+@pytest.mark.parametrize("option", list(OPTIONS))
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_every_encoder_and_option_trains_and_round_trips(encoder: str, option: str):
+    a = tiny(encoder, num_classes=3, **OPTIONS[option]).train()
+    seen: list[list[torch.Tensor]] = []
+    hook = a.encoder.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    h, w = 45, 37
+    x = torch.randn(2, 3, h, w)
+    out = a(x)
+    hook.remove()
+    outs = out if isinstance(out, list) else [out]
+    assert outs[0].shape == (2, 3, h, w)
+    if option == "deep_supervision":  # [main, aux_1 (finest), ...]: one per decoder stage
+        assert len(outs) == len(a.decoder.out_channels)
+        assert all(o.shape[:2] == (2, 3) for o in outs)
+    else:
+        assert len(outs) == 1
+    sum(o.square().mean() for o in outs).backward()
+
+    # Stages honour the declared channels and (up to rounding) reductions.
+    feats = seen[0]
+    assert [f.shape[1] for f in feats] == list(a.encoder.out_channels)
+    for f, r in zip(feats, a.encoder.reductions):
+        assert math.floor(h / r) <= f.shape[2] <= math.ceil(h / r)
+        assert math.floor(w / r) <= f.shape[3] <= math.ceil(w / r)
+    # Gradients reach both ends: the decoder and head, and the encoder's first (stem) weights.
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in a.decoder.parameters())
+    _, stem = first_conv(a)
+    assert stem.grad is not None and torch.isfinite(stem.grad).all() and stem.grad.abs().sum() > 0
+    assert a.head.weight.grad.abs().sum() > 0
+    if option in ("deep_supervision", "multiscale_fusion"):
+        assert all(hd.weight.grad is not None for hd in a.stage_heads)
+    if option == "multiscale_fusion":
+        assert a.fusion.weight.grad.abs().sum() > 0
+    if option == "self_attention":  # gamma starts at 0, so only gamma itself gets a gradient at first
+        assert a.bottleneck_attention.gamma.grad.abs().sum() > 0
+
+    # Config round trip: the dict rebuilds an equal config and the same parameters.
+    b = UNet.from_config(a.config.to_dict())
+    assert b.config == a.config
+    assert {k: v.shape for k, v in b.state_dict().items()} == {k: v.shape for k, v in a.state_dict().items()}
+    # State-dict round trip (BatchNorm statistics moved by the training forward): identical outputs.
+    b.load_state_dict(a.state_dict())
+    with torch.no_grad():
+        assert torch.equal(a.eval()(x), b.eval()(x))
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_torch_export(encoder: str):
+    model = tiny(encoder, num_classes=2).eval()
+    x = torch.randn(1, 3, 45, 37)
+    ep = torch.export.export(model, (x,))
+    with torch.no_grad():
+        assert torch.allclose(ep.module()(x), model(x), atol=1e-5)
+
+
+# --------------------------------------------------------------- one training step from a local weights file
+
+
+@pytest.fixture(scope="module")
+def local_weights(tmp_path_factory) -> Callable[[str, int], Path]:
+    """``(encoder, in_channels) -> path`` of a weights file saved here, each built once per module.
+
+    torchvision's model of the encoder's architecture (``weights=None``, 3 channels; VGG's classifier,
+    ignored on loading and 90% of the model, is left out), or for the plain encoder, which has no
+    torchvision layout, a plain encoder's state dict with ``in_channels`` channels.
+    """
+    root = tmp_path_factory.mktemp("weights")
+    paths: dict[tuple[str, int], Path] = {}
+
+    def path_for(encoder: str, in_channels: int) -> Path:
+        key = (encoder, in_channels if encoder == "plain" else 3)
+        if key not in paths:
+            if encoder == "plain":
+                sd = tiny("plain", in_channels=in_channels).encoder.state_dict()
+            else:
+                sd = getattr(torchvision.models, encoder)(weights=None).state_dict()
+                if encoder.startswith("vgg"):
+                    sd = {k: v for k, v in sd.items() if not k.startswith("classifier.")}
+            paths[key] = root / f"{encoder}_{key[1]}.pth"
+            torch.save(sd, paths[key])
+        return paths[key]
+
+    return path_for
+
+
+@pytest.mark.parametrize("in_channels", [1, 3, 4])
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_one_training_step_from_local_weights(encoder: str, in_channels: int, local_weights):
+    path = local_weights(encoder, in_channels)
+    model = tiny(encoder, num_classes=2, in_channels=in_channels, encoder_weights=path).train()
+
+    # The file is loaded: the stem adapted to ``in_channels``, every other tensor as saved.
+    saved = torch.load(path, weights_only=True)
+    stem_name, _ = first_conv(model)
+    for k, v in model.encoder.state_dict().items():
+        expected = adapt_input_conv(saved[k], in_channels) if k == stem_name else saved[k]
+        assert torch.allclose(v, expected), k
+    if encoder == "plain":  # a plain encoder's own weights: no pretrained normalisation to follow
+        assert model.encoder.mean is None and model.encoder.std is None
+    else:
+        assert len(model.encoder.mean) == len(model.encoder.std) == in_channels
+
+    x = torch.rand(2, in_channels, 32, 32)
+    target = torch.randint(0, 2, (2, 32, 32))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss = nn.functional.cross_entropy(model(x), target)
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss)
+    graded = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert {f"encoder.{stem_name}", "head.weight"} <= graded
+    assert graded <= changed
+
+
+# --------------------------------------------------------------------------------- the decoder matrix
 
 
 @pytest.mark.parametrize(("encoder", "upsample", "skip"),
                          list(itertools.product(("plain", "vgg16", "vgg16_bn"), UPSAMPLES, SKIPS)))
 @pytest.mark.parametrize(("in_channels", "size"), [(1, (37, 41)), (3, (45, 39))])
 def test_every_variant_keeps_size_and_trains(encoder, upsample, skip, in_channels, size):
-    model = small(encoder, num_classes=3, in_channels=in_channels, upsample=upsample, skip=skip)
+    model = tiny(encoder, num_classes=3, in_channels=in_channels, upsample=upsample, skip=skip)
     x = torch.randn(1, in_channels, *size)
     y = model(x)
     assert y.shape == (1, 3, *size)
@@ -42,6 +193,9 @@ def test_every_variant_keeps_size_and_trains(encoder, upsample, skip, in_channel
 def test_plain_default_depth_odd_sizes(size):
     model = UNet(num_classes=2, in_channels=1, base_channels=2)
     assert model(torch.randn(2, 1, *size)).shape == (2, 2, *size)
+
+
+# ------------------------------------------------------------------------------------ the 2015 network
 
 
 def paper_param_count() -> int:
@@ -84,97 +238,21 @@ def test_plain_encoder_widths_and_reductions():
     assert model.decoder.out_channels == (512, 256, 128, 64)
 
 
-def test_vgg16_stage_table():
-    model = UNet(encoder="vgg16")
-    assert model.encoder.out_channels == (64, 128, 256, 512, 512)
-    feats = model.encoder(torch.randn(1, 3, 256, 256))
-    assert [tuple(f.shape[1:]) for f in feats] == [
-        (64, 256, 256), (128, 128, 128), (256, 64, 64), (512, 32, 32), (512, 16, 16)]
+# -------------------------------------------------------------------------------------- the options
 
 
-@pytest.mark.parametrize(("arch", "builder"), [("vgg16", models.vgg16), ("vgg16_bn", models.vgg16_bn)])
-@pytest.mark.parametrize("layout", ["whole", "features"])
-def test_vgg_weights_load_and_match_torchvision(tmp_path, arch, builder, layout):
-    ref = builder(weights=None).features.eval()
-    sd = ref.state_dict()
-    if layout == "whole":
-        sd = {f"features.{k}": v for k, v in sd.items()} | {"classifier.0.weight": torch.randn(4, 4)}
-    path = tmp_path / f"{arch}.pth"
-    torch.save(sd, path)
-    model = UNet(num_classes=2, encoder=arch, encoder_weights=path).eval()
-    # Kaiming init of decoder and heads must not touch the loaded encoder.
-    for k, v in ref.state_dict().items():
-        assert torch.equal(model.encoder.features.state_dict()[k], v), k
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        deepest = model.encoder(x)[-1]
-        assert torch.allclose(nn.functional.max_pool2d(deepest, 2), ref(x), atol=1e-5)
-    assert model.encoder.mean == (0.485, 0.456, 0.406)
-
-
-def test_vgg_safetensors_and_grey_input_adaptation(tmp_path):
-    from safetensors.torch import save_file
-
-    ref = models.vgg16(weights=None).features.eval()
-    path = tmp_path / "vgg16.safetensors"
-    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(path))
-    model = UNet(num_classes=2, in_channels=1, encoder="vgg16", encoder_weights=path).eval()
-    x = torch.rand(1, 1, 32, 32)
-    with torch.no_grad():
-        ours = model.encoder(x)[-1]
-        theirs = ref[:30](x.repeat(1, 3, 1, 1))
-    assert torch.allclose(ours, theirs, atol=1e-5)
-
-
-def test_imagenet_weights_through_torch_hub_cache(tmp_path, monkeypatch):
-    """encoder_weights='imagenet' goes through torchvision's enum and torch hub's cache, not the network."""
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    ref = models.vgg16(weights=None)
-    (tmp_path / "checkpoints").mkdir()
-    url = models.VGG16_Weights.IMAGENET1K_V1.url
-    torch.save({f"features.{k}": v for k, v in ref.features.state_dict().items()},
-               tmp_path / "checkpoints" / url.rsplit("/", 1)[1])
-    model = UNet(encoder="vgg16", encoder_weights="imagenet")
-    assert torch.equal(model.encoder.features[0].weight, ref.features[0].weight)
-
-
-def test_bad_weights_file_is_a_clear_error(tmp_path):
-    bad = tmp_path / "nope.pth"
-    with pytest.raises(ValueError, match="nope.pth"):
-        UNet(encoder="vgg16", encoder_weights=bad)
-    bad.write_text("not a checkpoint")
-    with pytest.raises(ValueError, match="cannot read weights"):
-        UNet(encoder="vgg16", encoder_weights=bad)
-
-
-def test_adapt_input_conv():
-    w = torch.randn(8, 3, 3, 3)
-    assert torch.allclose(adapt_input_conv(w, 1), w.sum(1, keepdim=True))
-    w5 = adapt_input_conv(w, 5)
-    assert w5.shape == (8, 5, 3, 3)
-    assert torch.allclose(w5[:, 3], w[:, 0] * 3 / 5)
-    # A 5-channel image repeating RGB-like values keeps the response's scale: sum over channels.
-    assert torch.allclose(w5.sum(1), (w[:, [0, 1, 2, 0, 1]]).sum(1) * 3 / 5)
-
-
-def test_freeze_encoder_keeps_bn_in_eval():
-    model = UNet(num_classes=2, encoder="vgg16_bn", depth=3, freeze_encoder=True).train()
+def test_freeze_encoder_keeps_batchnorm_in_eval():
+    model = tiny("resnet18", num_classes=2, freeze_encoder=True).train()
     assert all(not p.requires_grad for p in model.encoder.parameters())
     assert all(p.requires_grad for p in model.decoder.parameters())
     bns = [m for m in model.encoder.modules() if isinstance(m, nn.BatchNorm2d)]
     assert bns and not any(m.training for m in bns)
     assert model.decoder.training
-    before = bns[0].running_mean.clone()
+    stats = model.encoder.bn1.running_mean.clone()
     model(torch.randn(2, 3, 32, 32)).mean().backward()
-    assert torch.equal(bns[0].running_mean, before)
-
-
-def test_plain_weights_roundtrip(tmp_path):
-    a = UNet(num_classes=2, base_channels=4)
-    torch.save(a.encoder.state_dict(), tmp_path / "enc.pt")
-    b = UNet(num_classes=2, base_channels=4, encoder_weights=tmp_path / "enc.pt")
-    for k, v in a.encoder.state_dict().items():
-        assert torch.equal(b.encoder.state_dict()[k], v)
+    assert torch.equal(model.encoder.bn1.running_mean, stats)
+    assert model.encoder.conv1.weight.grad is None
+    assert model.head.weight.grad is not None
 
 
 def test_deep_supervision_train_and_eval():
@@ -239,20 +317,12 @@ def test_unknown_options_are_clear_errors():
     assert {"plain", "vgg16", "vgg16_bn"} <= set(encoder_names())
 
 
-def test_from_config_rebuilds_same_architecture():
+def test_from_config_object_rebuilds_same_architecture():
     a = UNet(num_classes=4, in_channels=1, base_channels=4, upsample="pixelshuffle", skip="pad")
     b = UNet.from_config(a.config)
     b.load_state_dict(a.state_dict())
     x = torch.randn(1, 1, 29, 31)
     assert torch.equal(a.eval()(x), b.eval()(x))
-
-
-@pytest.mark.parametrize("encoder", ["plain", "vgg16"])
-def test_torch_export(encoder):
-    model = small(encoder, num_classes=2).eval()
-    x = torch.randn(1, 3, 48, 48)
-    ep = torch.export.export(model, (x,))
-    assert torch.allclose(ep.module()(x), model(x), atol=1e-5)
 
 
 def test_onnx_export_dynamic_sizes(tmp_path):

@@ -36,15 +36,6 @@ class EncoderRecord:
     imagenet_cached: bool
 
 
-def _imagenet_enum(name: str):  # noqa: ANN202 - a torchvision WeightsEnum or None
-    if name in IMAGENET_WEIGHTS:
-        return IMAGENET_WEIGHTS[name]
-    from . import vgg  # VGG keeps its enums next to its builders
-
-    entry = getattr(vgg, "_BUILDERS", {}).get(name)
-    return entry[1] if entry else None
-
-
 @cache
 def _shape_of(name: str) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
     """(params, out_channels, reductions) of encoder ``name`` built without weights."""
@@ -61,7 +52,7 @@ def list_encoders(names: list[str] | None = None) -> list[EncoderRecord]:
     records = []
     for name in sorted(names if names is not None else encoder_names()):
         params, channels, reductions = _shape_of(name)
-        enum = _imagenet_enum(name)
+        enum = IMAGENET_WEIGHTS.get(name)
         records.append(EncoderRecord(name, params, channels, reductions,
                                      None if enum is None else f"{type(enum).__name__}.{enum.name}",
                                      enum is not None and hub_checkpoint_path(enum).is_file()))

@@ -1,13 +1,13 @@
 """Shared machinery for the encoders built from torchvision classification models.
 
-Each family (``resnet.py``, ``mobilenet.py``, ``efficientnet.py``, ``swin.py``, ``convnext.py``) builds
-torchvision's model with ``weights=None`` and keeps the modules it needs *under torchvision's names*, so a
-torchvision state dict loads with strict key matching once the classifier keys (and the layers beyond
-``depth``) are dropped. This module holds what they share:
+Each family (``vgg.py``, ``resnet.py``, ``mobilenet.py``, ``efficientnet.py``, ``swin.py``,
+``convnext.py``) builds torchvision's model with ``weights=None`` and keeps the modules it needs *under
+torchvision's names*, so a torchvision state dict loads with strict key matching once the classifier keys
+(and the layers beyond ``depth``) are dropped. This module holds what they share:
 
 * :class:`TorchvisionEncoder`: stem adaptation to other than 3 input channels and state-dict loading;
 * :class:`FeaturesEncoder`: the encoder for models whose body is one ``features`` Sequential, tapped at
-  the last layer of each stride;
+  the last layer of each stride (its own state dict, keys ``N.*``, loads too);
 * :func:`load_weights`: ``None`` / ``"imagenet"`` (torchvision's weights enum, cached by torch hub) / a
   local ``.pth``/``.safetensors`` path, setting ``encoder.mean/std`` from the weights;
 * :data:`IMAGENET_WEIGHTS`: encoder name -> the torchvision weights enum ``"imagenet"`` resolves to.
@@ -153,6 +153,15 @@ class FeaturesEncoder(TorchvisionEncoder):
         self.out_channels = as_tuple(out_channels[:depth])
         self.reductions = as_tuple(reductions[:depth])
         self._finish(full_model, in_channels)
+
+    def load_torchvision_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+        """As :meth:`TorchvisionEncoder.load_torchvision_state_dict`; the state dict of torchvision's
+        ``features`` Sequential alone (keys ``N.*``, e.g. ``torch.save(vgg.features.state_dict())``) is
+        read as the whole model's ``features.N.*``."""
+        sd = strip_prefix(strip_prefix(sd, "module."), "encoder.")
+        if sd and all(k.split(".", 1)[0].isdigit() for k in sd):
+            sd = {f"features.{k}": v for k, v in sd.items()}
+        super().load_torchvision_state_dict(sd)
 
     def _stage_output(self, x: torch.Tensor, stage: int) -> torch.Tensor:
         """Hook for subclasses to post-process a tapped output (e.g. Swin's NHWC -> NCHW)."""
