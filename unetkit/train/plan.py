@@ -32,7 +32,9 @@ from typing import Any
 import torch
 
 from ..data.fingerprint import Fingerprint
-from ..data.preprocess import Normalization, imagenet_stats
+from ..data.preprocess import Normalization
+from ..models.encoders.base import IMAGENET_MEAN, IMAGENET_STD
+from ..models.encoders.torchvision_backbones import adapt_normalisation
 from .config import TrainConfig, parse_duration
 
 #: Largest patch area (pixels) per device type.
@@ -282,8 +284,8 @@ def make_plan(fp: Fingerprint, cfg: TrainConfig, device: torch.device | str = "c
 
 def normalization_for(scheme: str, fp: Fingerprint) -> Normalization:
     """The :class:`Normalization` values of ``scheme`` for the fingerprinted data."""
-    if scheme == "imagenet":
-        mean, std = imagenet_stats(fp.in_channels)
+    if scheme == "imagenet":  # as the encoders adapt them to other channel counts (the trainer then uses
+        mean, std = adapt_normalisation(IMAGENET_MEAN, IMAGENET_STD, fp.in_channels)  # the encoder's own)
         return Normalization(mean, std)
     if scheme == "percentile":
         clip = tuple((p[0], p[-1]) for p in fp.percentiles)

@@ -32,6 +32,7 @@ from ..checkpoint import DataInfo, read_checkpoint, save_checkpoint
 from ..data import BUILTIN_DATASETS, AugmentConfig, SegmentationDataset, get_datasets
 from ..data.fingerprint import Fingerprint
 from ..data.patches import PatchDataset
+from ..data.preprocess import Normalization
 from ..evaluate import EvalResult, evaluate
 from ..infer import predict
 from ..losses import DeepSupervisionLoss, build_loss
@@ -293,6 +294,10 @@ class Trainer:
         cfg.model = cfg.model.replace(num_classes=ds.num_classes, in_channels=ds.in_channels)
 
         model = UNet(cfg.model)
+        if plan.normalization == "imagenet" and model.encoder.mean is not None and ckpt is None:
+            plan.norm = Normalization(model.encoder.mean, model.encoder.std)  # the statistics of its weights
+            for d in (self.train_ds, self.val_ds):
+                d.set_normalization(plan.norm)
         self.data_info = DataInfo.from_dataset(self.train_ds, plan.patch_size)
         if ckpt is not None:
             model.load_state_dict(ckpt["model"])
@@ -583,7 +588,7 @@ class Trainer:
 
     def _run(self) -> RunResult:
         cfg = self.cfg
-        if self.dist.is_main:
+        if self.dist.is_main and self.sample_idx:
             (self.run_dir / "samples").mkdir(exist_ok=True)
             atomic_write(self.run_dir / "config.yaml",
                          lambda tmp: tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
