@@ -70,14 +70,16 @@ def test_plan_for_tiny_and_huge_images():
     tiny = make_plan(fp_of([(8, 8)] * 50), cfg_for(), "cpu")
     assert tiny.patch_size == (8, 8) and tiny.depth == 2  # bottleneck 4 px
     huge = make_plan(fp_of([(4000, 4000)] * 3), cfg_for(), "cpu")
-    assert huge.patch_size == (256, 256) and huge.depth == 5 and huge.batch_size == 2
-    assert huge.samples_per_epoch == 3 * math.ceil(4000 * 4000 / 256**2)
-    assert "shrunk" in huge.reasons["patch_size"]
+    assert huge.patch_size == (64, 64) and huge.depth == 5 and huge.batch_size == 16  # 4 x 128 x 128 pixels
+    assert huge.samples_per_epoch == 3 * math.ceil(4000 * 4000 / 64**2)
+    assert "shrunk to 4096 pixels" in huge.reasons["patch_size"]
     # Non-square medians keep their aspect and are rounded up to the stride.
     wide = make_plan(fp_of([(34, 128)] * 9), cfg_for(), "cpu")
-    assert wide.depth == 4 and wide.patch_size == (40, 128)
+    assert wide.depth == 4 and wide.patch_size == (32, 128)
+    small = make_plan(fp_of([(30, 90)] * 9), cfg_for(), "cpu")  # below the limit: as it is, stride 4
+    assert small.depth == 3 and small.patch_size == (32, 92)
     gpu = make_plan(fp_of([(4000, 4000)] * 3), cfg_for(), "cuda")
-    assert gpu.patch_size == (512, 512) and gpu.base_channels == 32
+    assert gpu.patch_size == (256, 256) and gpu.batch_size == 16 and gpu.base_channels == 32
     # Given options win, and the reasons say so.
     given = make_plan(fp_of([(4000, 4000)] * 3), cfg_for(patch_size=[64], batch_size=3, depth=3), "cpu")
     assert (given.patch_size, given.batch_size, given.depth) == ((64, 64), 3, 3)
@@ -86,11 +88,14 @@ def test_plan_for_tiny_and_huge_images():
 
 def test_plan_length_and_budget():
     demo = make_plan(fp_of([(128, 128)] * 26), cfg_for(), "cpu")
-    assert (demo.batch_size, demo.steps_per_epoch, demo.max_steps) == (4, 6, 720)  # the tuned demo recipe
+    assert demo.patch_size == (64, 64) and demo.samples_per_epoch == 26 * 4
+    assert (demo.batch_size, demo.steps_per_epoch, demo.max_steps) == (16, 6, 2000)  # at least 2000 steps
+    many = make_plan(fp_of([(128, 128)] * 400), cfg_for(), "cpu")  # 100 steps an epoch
+    assert many.max_steps == 120 * many.steps_per_epoch  # 120 epochs when they are longer
     assert demo.time_budget_s == 30 * 60
     assert make_plan(fp_of([(128, 128)] * 26), cfg_for(time="90s"), "cpu").time_budget_s == 90
     assert make_plan(fp_of([(128, 128)] * 26), cfg_for(epochs=3), "cpu").time_budget_s is None
-    assert make_plan(fp_of([(128, 128)] * 3), cfg_for(), "cpu").max_steps == 500  # never too short
+    assert make_plan(fp_of([(4000, 4000)] * 40), cfg_for(), "cpu").max_steps == 25_000  # nor too long
     assert [parse_duration(t) for t in ("90s", "10m", "2h", "1h30m", "45")] == [90, 600, 7200, 5400, 45]
     with pytest.raises(ValueError, match="not a duration"):
         parse_duration("ten minutes")

@@ -202,8 +202,10 @@ def test_cli_train_with_config_and_flags(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--config", str(cfg), "--epochs", "1", "--out", str(out), "--quiet",
                  "--no-boundary-f1"]) == 0
-    saved = read_checkpoint(out / "last.pt")["config"]
-    assert saved["epochs"] == 1 and saved["model"]["base_channels"] == 4  # the flag won over the file
+    ckpt = read_checkpoint(out / "last.pt")
+    saved = ckpt["config"]
+    assert saved["epochs"] == 1 and ckpt["model_config"]["base_channels"] == 4  # the flag won over the file
+    assert "model" not in saved  # the model's options are stored once, as model_config
     assert "report: " in capsys.readouterr().out
     model, info, _ = load_model(out)
     assert info.num_classes == 4 and model(torch.zeros(1, 3, 32, 32)).shape == (1, 4, 32, 32)

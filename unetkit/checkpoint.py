@@ -13,7 +13,9 @@ that), so loading it never runs code:
     ``patch_size`` (the tile size inference uses, so it sees what training saw).
 ``plan``
     the training plan (:class:`unetkit.train.plan.Plan`) with the reason for each choice.
-``config``, ``epoch``, ``best_miou``, ``history``, ``run``, ``optimizer``, ``scheduler``, ``scaler``, ``rng``
+``config``
+    the training options (:class:`unetkit.train.TrainConfig` without ``model``, which is ``model_config``).
+``epoch``, ``best_miou``, ``history``, ``run``, ``optimizer``, ``scheduler``, ``scaler``, ``rng``
     training state (present in checkpoints written by :mod:`unetkit.train`), so ``--resume`` continues
     a run exactly where it stopped.
 """

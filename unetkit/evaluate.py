@@ -53,6 +53,7 @@ class EvalResult:
     class_names: list[str] = field(default_factory=list)
     images: int = 0  # images scored
     pixels: int = 0  # pixels scored (every labelled pixel, ignore_index excluded)
+    kept: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)  # sample -> predicted labels
 
     @property
     def mean_boundary_f1(self) -> float:
@@ -113,7 +114,7 @@ def evaluate(model: nn.Module, dataset: Dataset, *, num_classes: int, ignore_ind
              device: torch.device | str | None = None, num_workers: int = 0,
              class_names: Sequence[str] = (), autocast_dtype: torch.dtype | None = None,
              tile_size: int | tuple[int, int] | None = None,
-             pad_value: float | torch.Tensor | None = None) -> EvalResult:
+             pad_value: float | torch.Tensor | None = None, keep: Sequence[int] = ()) -> EvalResult:
     """Evaluate ``model`` on every sample of ``dataset`` (split across ranks under DDP), whole images.
 
     Images of any size are scored at their native resolution: with ``tile_size`` (the training patch
@@ -121,16 +122,21 @@ def evaluate(model: nn.Module, dataset: Dataset, *, num_classes: int, ignore_ind
     (default: the dataset's normalised black, as training pads) where it is smaller; consecutive images
     of one size are batched. Metrics are dataset-level (one confusion matrix over every pixel).
     ``boundary=True`` adds per-class Boundary F1 (CPU work, meant for final reports, not every epoch).
-    The loss, when ``loss_fn`` is given, is the mean over samples.
+    The loss, when ``loss_fn`` is given, is the mean over samples. The predicted labels of the samples
+    in ``keep`` (those this rank evaluates) come back in ``EvalResult.kept``, e.g. for sample pictures
+    without a second prediction.
     """
     from .infer import predict
+    from .models.outputs import logits_to_labels
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
     rank, world = _distributed()
     if pad_value is None and getattr(dataset, "normalization", None) is not None:
         pad_value = dataset.normalization.pad_value()  # type: ignore[union-attr]
-    loader = DataLoader(dataset, batch_size=None, sampler=ShardSampler(len(dataset), rank, world),
+    loader = DataLoader(_Indexed(dataset), batch_size=None, sampler=ShardSampler(len(dataset), rank, world),
                         num_workers=num_workers, pin_memory=device.type == "cuda")
+    wanted = set(keep)
+    kept: dict[int, torch.Tensor] = {}
     was_training = model.training
     model.eval()
     metrics = SegmentationMetrics(num_classes, ignore_index=ignore_index, device=device)
@@ -138,7 +144,7 @@ def evaluate(model: nn.Module, dataset: Dataset, *, num_classes: int, ignore_ind
     loss_mean = MeanMetric(device)
     images_seen = MeanMetric(device)  # its total weight counts the images
 
-    def score(images: list[torch.Tensor], masks: list[torch.Tensor]) -> None:
+    def score(indices: list[int], images: list[torch.Tensor], masks: list[torch.Tensor]) -> None:
         x = torch.stack(images).to(device, non_blocking=True)
         y = torch.stack(masks).to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
@@ -150,14 +156,18 @@ def evaluate(model: nn.Module, dataset: Dataset, *, num_classes: int, ignore_ind
         if bf1 is not None:
             bf1.update(logits, y)
         images_seen.update(0.0, weight=x.shape[0])
+        for j, i in enumerate(indices):
+            if i in wanted:
+                kept[i] = logits_to_labels(logits[j:j + 1])[0].cpu()
 
-    group: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
-    for image, mask in loader:
-        if group[0] and (image.shape != group[0][0].shape or len(group[0]) >= batch_size):
+    group: tuple[list[int], list[torch.Tensor], list[torch.Tensor]] = ([], [], [])
+    for index, image, mask in loader:
+        if group[0] and (image.shape != group[1][0].shape or len(group[0]) >= batch_size):
             score(*group)
-            group = ([], [])
-        group[0].append(image)
-        group[1].append(mask)
+            group = ([], [], [])
+        group[0].append(int(index))
+        group[1].append(image)
+        group[2].append(mask)
     if group[0]:
         score(*group)
     model.train(was_training)
@@ -174,4 +184,19 @@ def evaluate(model: nn.Module, dataset: Dataset, *, num_classes: int, ignore_ind
         confusion_matrix=cm.tolist(), loss=loss,
         boundary_f1=[float(v) for v in bf1.compute()] if bf1 is not None else None,
         class_names=list(class_names), images=int(images_seen.state("weight").item()), pixels=int(cm.sum()),
+        kept=kept,
     )
+
+
+class _Indexed(Dataset):
+    """``dataset[i]`` as ``(i, image, mask)``, so an evaluation knows which sample it scored."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor, torch.Tensor]:
+        image, mask = self.dataset[i]
+        return i, image, mask

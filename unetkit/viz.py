@@ -55,13 +55,14 @@ def sample_panel(images01: Sequence[torch.Tensor], truths: Sequence[torch.Tensor
     """
     rows = []
     for img, truth, pred in zip(images01, truths, preds):
+        side = max(img.shape[-2:])
+        if max_size and side > max_size:  # shrink first: overlays of a huge image cost seconds
+            s = -(-side // max_size)
+            img, truth, pred = img[..., ::s, ::s], truth[..., ::s, ::s], pred[..., ::s, ::s]
+            side = max(img.shape[-2:])
         tiles = [to_rgb8(img), overlay(img, truth, colors, 0.45), overlay(img, pred, colors, 0.45)]
-        side = max(tiles[0].shape[:2])
         k = max(1, min_size // side)
         tiles = [t.repeat(k, 0).repeat(k, 1) for t in tiles]
-        if max_size and side > max_size:
-            s = -(-side // max_size)
-            tiles = [t[::s, ::s] for t in tiles]
         sep = np.full((tiles[0].shape[0], gap, 3), 255, np.uint8)
         rows.append(np.concatenate([tiles[0], sep, tiles[1], sep, tiles[2]], 1))
     width = max(r.shape[1] for r in rows)

@@ -6,18 +6,19 @@ writes down our version of those rules for 2D images:
 * **normalisation**: ImageNet statistics for a pretrained encoder; percentile clipping (0.5-99.5) plus
   z-score for 16-bit images and for float images outside [0, 1] (sensor and scanner ranges with outliers);
   z-score with the data set's mean and std otherwise (8-bit, or floats already scaled to [0, 1]).
-* **patch size**: the median image size, shrunk (keeping its aspect) to at most ``MAX_PATCH_PIXELS`` of
-  the device, rounded up to a multiple of the network's stride. Memory per step is bounded by the patch,
-  whatever the largest image.
+* **patch size and batch**: a step holds about ``TARGET_PIXELS`` patch pixels of the device in about
+  ``BATCH`` patches: the patch is the median image size, shrunk (keeping its aspect) to at most
+  ``TARGET_PIXELS / BATCH`` pixels, rounded up to a multiple of the network's stride. Measured on the
+  development suite under a fixed time budget, many smaller patches beat a few whole images (docs/
+  benchmarks.md). Memory per step is bounded by the patch, whatever the largest image.
 * **depth**: as many stages as keep the bottleneck at least ``MIN_BOTTLENECK`` pixels (at most 5, the
   paper's); **width**: 16 on a CPU, 32 on a GPU.
-* **batch**: about ``TARGET_PIXELS`` patch pixels per step, at most a quarter of an epoch's patches (at
-  least 2).
+* **batch**: ``TARGET_PIXELS`` over the patch's area (2..64), at most a quarter of an epoch's patches.
 * **foreground sampling**: a third of the patches centred on a foreground pixel when patches are smaller
   than the images (half when a class covers under 1 % of the pixels); none when a patch holds a whole image.
 * **loss**: CE + Dice (BCE + Dice for one output channel); no class weights: the Dice term weighs classes
   equally and foreground sampling shows rare classes often.
-* **length**: 120 epochs (an epoch covers every training image's area once), at least 500 and at most
+* **length**: 120 epochs (an epoch covers every training image's area once), at least 2,000 and at most
   25,000 steps, within a time budget (``--time``; 30 min on a CPU and 4 h on a GPU when not given).
 
 Every choice given in the :class:`TrainConfig` (flag or ``--config``) wins over the rule.
@@ -37,10 +38,10 @@ from ..models.encoders.base import IMAGENET_MEAN, IMAGENET_STD
 from ..models.encoders.torchvision_backbones import adapt_normalisation
 from .config import TrainConfig, parse_duration
 
-#: Largest patch area (pixels) per device type.
-MAX_PATCH_PIXELS = {"cpu": 256 * 256, "cuda": 512 * 512}
-#: Patch pixels per training step (sets the batch size); the CPU value is the demo's 4 x 128 x 128.
+#: Patch pixels per training step, per device type (the CPU value: what the demo's 4 x 128 x 128 costs).
 TARGET_PIXELS = {"cpu": 4 * 128 * 128, "cuda": 16 * 256 * 256}
+#: Patches per step the patch size is planned for (so the patch area is at most TARGET_PIXELS / BATCH).
+BATCH = 16
 #: Plain-encoder width per device type (measured: narrower and longer wins on CPU under a time budget).
 BASE_CHANNELS = {"cpu": 16, "cuda": 32}
 #: Default time budget per device type when neither --time nor --epochs is given.
@@ -48,7 +49,7 @@ DEFAULT_BUDGET_S = {"cpu": 30 * 60.0, "cuda": 4 * 3600.0}
 MIN_BOTTLENECK = 4
 MAX_DEPTH = 5
 EPOCHS = 120
-MIN_STEPS, MAX_STEPS = 500, 25_000
+MIN_STEPS, MAX_STEPS = 2000, 25_000
 RARE_CLASS = 0.01
 
 
@@ -189,10 +190,11 @@ def make_plan(fp: Fingerprint, cfg: TrainConfig, device: torch.device | str = "c
         patch = tuple(cfg.patch_size)
         why["patch_size"] = "given"
     else:
-        patch = _plan_patch(stats["median"], MAX_PATCH_PIXELS[dev])
+        limit = TARGET_PIXELS[dev] // BATCH
+        patch = _plan_patch(stats["median"], limit)
         shrunk = patch[0] * patch[1] < stats["median"][0] * stats["median"][1]
         why["patch_size"] = (f"median image {stats['median'][0]}x{stats['median'][1]}"
-                             + (f", shrunk to the {dev.upper()} limit of {MAX_PATCH_PIXELS[dev]} pixels"
+                             + (f", shrunk to {limit} pixels so that a step holds about {BATCH} patches"
                                 if shrunk else "") + ", rounded up to the network's stride")
     if model.depth is not None:
         depth: int | None = model.depth

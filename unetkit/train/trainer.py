@@ -47,6 +47,9 @@ from .report import curves_png, png_bytes, save_png, write_metrics_csv, write_re
 #: Seconds between redraws of ``curves.png`` during a run (drawing costs about 0.2 s; the demo's epochs
 #: take about 1 s). It is always redrawn at the end.
 CURVES_EVERY_S = 10.0
+#: ``last.pt`` is written after every validation, at the end, and otherwise at least this often (seconds):
+#: a killed run loses at most this much training, and short epochs do not rewrite the file each time.
+CHECKPOINT_EVERY_S = 60.0
 
 
 class TrainingError(RuntimeError):
@@ -253,7 +256,7 @@ class Trainer:
                 raise ValueError(f"{path}: no last.pt in this folder, so there is nothing to resume; start the run "
                                  "without --resume (add --overwrite to reuse the folder)")
             ckpt = read_checkpoint(path / "last.pt" if path.is_dir() else path)
-            saved = TrainConfig.from_dict(ckpt["config"], where=ckpt["path"])
+            saved = TrainConfig.from_dict({**ckpt["config"], "model": ckpt["model_config"]}, where=ckpt["path"])
             if cfg is not None:
                 saved.epochs, saved.time = cfg.epochs or saved.epochs, cfg.time or saved.time
             cfg = saved
@@ -358,6 +361,7 @@ class Trainer:
                 set_rng_state(ckpt["rng"])
         self.run_dir = Path(cfg.out) if cfg.out else default_run_dir()
         self._curves_written = -math.inf
+        self._saved = time.monotonic()
         n = len(self.val_ds)
         self.sample_idx = sorted({round(i * (n - 1) / max(1, cfg.samples - 1)) for i in range(cfg.samples)}) \
             if cfg.samples > 0 else []
@@ -375,12 +379,18 @@ class Trainer:
     def checkpoint_state(self, epoch: int) -> dict[str, Any]:
         m = _unwrap(self.model)
         return {"model": m.state_dict(), "model_config": m.config.to_dict(), "data": self.data_info.to_dict(),
-                "config": self.cfg.to_dict(), "plan": self.plan.to_dict(), "epoch": epoch,
+                "config": self.training_options(), "plan": self.plan.to_dict(), "epoch": epoch,
                 "best_miou": self.best_miou, "best_epoch": self.best_epoch, "history": self.history,
                 "run": {"step": self.step, "total_steps": self.total_steps, "sized": self.sized,
                         "val_every": self.val_every, "time": self.budget.to_dict()},
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "rng": rng_state()}
+
+    def training_options(self) -> dict[str, Any]:
+        """The run's options without the model's, which the checkpoint stores once, as ``model_config``."""
+        options = self.cfg.to_dict()
+        options.pop("model")
+        return options
 
     def describe(self) -> str:
         cfg, ds, w, plan = self.cfg, self.train_ds, self.dist.world_size, self.plan
@@ -432,8 +442,7 @@ class Trainer:
             self.val_every = max(1, math.ceil(val_s / (VAL_SHARE * epoch_s)))
         self.budget.step_s, self.budget.val_s = step_s, val_s
         if self.budget.limit is not None:
-            final = 3 * val_s + 2.0  # the best checkpoint with Boundary F1, the report
-            left = self.budget.limit - self.budget.elapsed() - final
+            left = self.budget.limit - self.budget.elapsed() - self._reserve()
             per_step = step_s + val_s / (self.val_every * self.steps_per_epoch)
             fit_steps = self.step + int(max(0.0, left) / per_step)
             self.total_steps = max(self.step, min(self.total_steps, fit_steps))
@@ -458,7 +467,7 @@ class Trainer:
         if self.step - step0 < 2 * self.steps_per_epoch:
             return
         pace = (self.budget.elapsed() - t0) / (self.step - step0)
-        left = self.budget.limit - self.budget.elapsed() - (3 * (self.budget.val_s or 0.0) + 2.0)
+        left = self.budget.limit - self.budget.elapsed() - self._reserve()
         cap = self.plan.epochs * self.steps_per_epoch if self.plan.epochs else (self.plan.max_steps or UNBOUNDED_STEPS)
         total = torch.tensor([float(min(cap, self.step + max(0, int(left / pace))))], device=self.dist.device)
         if self.dist.enabled:
@@ -469,12 +478,16 @@ class Trainer:
         if abs(new - self.total_steps) > 0.02 * self.total_steps:
             self.total_steps = max(new, self.step)
 
+    def _reserve(self) -> float:
+        """Seconds kept for the end: the last validation (with Boundary F1) and, when that was not the best
+        epoch, the best checkpoint's evaluation, plus the report."""
+        return 2.5 * (self.budget.val_s or 0.0) + 2.0
+
     def _out_of_time(self) -> bool:
         """The budget (less the final evaluation's share) is spent, agreed by every rank."""
         if self.budget.limit is None:
             return False
-        reserve = 3 * (self.budget.val_s or 0.0) + 2.0
-        late = self.budget.elapsed() >= self.budget.limit - reserve
+        late = self.budget.elapsed() >= self.budget.limit - self._reserve()
         flag = torch.tensor([1.0 if late else 0.0], device=self.dist.device)
         all_reduce_max(flag)
         return bool(flag.item())
@@ -555,19 +568,24 @@ class Trainer:
                         ignore_index=self.cfg.ignore_index, loss_fn=self.eval_loss, boundary=boundary,
                         batch_size=max(1, self.plan.batch_size), device=self.dist.device,
                         class_names=self.train_ds.class_names, autocast_dtype=self.amp_dtype,
-                        tile_size=self.plan.patch_size)
+                        tile_size=self.plan.patch_size, keep=self.sample_idx)
 
     @torch.inference_mode()
-    def sample_png(self) -> np.ndarray | None:
-        """``image | truth | prediction`` rows for a fixed set of validation images."""
+    def sample_png(self, kept: dict[int, torch.Tensor] | None = None) -> np.ndarray | None:
+        """``image | truth | prediction`` rows for a fixed set of validation images.
+
+        ``kept``: predictions the validation already made (``EvalResult.kept``); others are predicted here.
+        """
         if not self.sample_idx:
             return None
         model = _unwrap(self.model)
         imgs, truths, preds = [], [], []
         for i in self.sample_idx:
             image, mask = self.val_ds[i]
-            labels = predict(model, image.to(self.dist.device), tile_size=self.plan.patch_size,
-                             pad_value=self.plan.norm.pad_value()).cpu()
+            labels = (kept or {}).get(i)
+            if labels is None:
+                labels = predict(model, image.to(self.dist.device), tile_size=self.plan.patch_size,
+                                 pad_value=self.plan.norm.pad_value()).cpu()
             img = self.val_ds.denormalize(image)
             imgs.append(img)
             truths.append(mask)
@@ -624,8 +642,9 @@ class Trainer:
             improved = False
             if finished or (epoch + 1) % self.val_every == 0:
                 t_val = self.clock()
-                val = self.validate()
+                val = self.validate(boundary=finished and cfg.boundary_f1)  # the last one may be the report's
                 self.budget.validation += self.clock() - t_val
+                self._last_validation = (epoch + 1, val)
                 if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                     self.scheduler.step(val.miou)
                 row.update(val_loss=round(val.loss or 0.0, 6), val_miou=round(val.miou, 6),
@@ -637,15 +656,17 @@ class Trainer:
             self.history.append(row)
             epoch += 1
             if self.dist.is_main:
-                state = self.checkpoint_state(epoch)
-                save_checkpoint(state, self.run_dir / "last.pt")
-                if improved:
-                    save_checkpoint(state, self.run_dir / "best.pt")
+                if "val_miou" in row or finished or time.monotonic() - self._saved >= CHECKPOINT_EVERY_S:
+                    state = self.checkpoint_state(epoch)
+                    save_checkpoint(state, self.run_dir / "last.pt")
+                    self._saved = time.monotonic()
+                    if improved:
+                        save_checkpoint(state, self.run_dir / "best.pt")
                 write_metrics_csv(self.history, self.run_dir / "metrics.csv")
                 if time.monotonic() - self._curves_written >= CURVES_EVERY_S:
                     self.write_curves()
                 if "val_miou" in row:
-                    panel = self.sample_png()
+                    panel = self.sample_png(val.kept) if improved or finished else None
                     if panel is not None:
                         save_png(panel, self.run_dir / "samples" / f"epoch_{epoch:03d}.png")
                     self.log(f"epoch {epoch:3d}  step {self.step}/{self.total_steps}  train loss {train_loss:.4f}"
@@ -683,11 +704,16 @@ class Trainer:
             dist.barrier()  # rank 0 has written best.pt
         if not best.is_file():
             return None
-        _unwrap(self.model).load_state_dict(read_checkpoint(best)["model"])
-        result = self.validate(boundary=self.cfg.boundary_f1)
+        last_epoch, last = getattr(self, "_last_validation", (None, None))
+        if last is not None and last_epoch == self.best_epoch and (last.boundary_f1 is not None or
+                                                                   not self.cfg.boundary_f1):
+            result = last  # the model in memory is best.pt: its last validation is the report's
+        else:
+            _unwrap(self.model).load_state_dict(read_checkpoint(best)["model"])
+            result = self.validate(boundary=self.cfg.boundary_f1)
         self.budget.final += self.clock() - t0
         if self.dist.is_main:
-            panel = self.sample_png()
+            panel = self.sample_png(result.kept)
             samples = png_bytes(panel) if panel is not None else None
             facts = {"data": self.cfg.data, "best epoch": f"{self.best_epoch} of {len(self.history)}",
                      "training": self.budget.describe(self.step, sum("val_miou" in r for r in self.history)),
