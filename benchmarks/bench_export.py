@@ -99,19 +99,10 @@ def pt2e_runners(model: UNet, calib: list[torch.Tensor]) -> dict[str, Any]:
 
 
 def ort_session(path: Path, threads: int, level: str = "all") -> Any:
-    import onnxruntime as ort
+    """The library's one session builder (no busy-waiting: interleaved timings do not contend)."""
+    from unetkit.export.runtime import ort_session as build
 
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-                                     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-                                     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC}[level]
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    # No busy-waiting after a run: otherwise one session's idle threads spin on the cores the next
-    # session (timed in the same round) needs, and interleaved timings measure that contention.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return build(path, threads=threads, optimize=level)
 
 
 def accuracy(run: Any, val: Any, num_classes: int) -> tuple[float, np.ndarray]:

@@ -1,0 +1,107 @@
+"""What a run needs besides the loop: seeding and RNG state, mixed precision, optimizer and schedule."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import TrainConfig
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and torch; ``deterministic`` also asks torch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG's state, as tensors and plain numbers (``torch.load(weights_only=True)``-safe)."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                                       "has_gauss": int(has_gauss), "cached": float(cached)}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``amp`` (``auto``/``off``/``fp16``/``bf16``) on ``device``, or ``None`` for fp32.
+
+    ``auto`` is bf16 on CUDA GPUs that support it, fp16 on older ones, and fp32 on the CPU: bf16 autocast
+    on a CPU without native bf16 instructions runs >100x slower, so it is only used when asked for.
+    """
+    if amp not in ("auto", "off", "fp16", "bf16"):
+        raise ValueError(f"amp must be auto, off, fp16 or bf16, not {amp!r}")
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError("amp fp16 needs a CUDA device; use --amp off (or bf16 on a CPU with native bf16)")
+    if amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float16 if amp == "fp16" else torch.bfloat16
+
+
+def build_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    name = cfg.optimizer.lower()
+    if name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+    raise ValueError(f"optimizer must be adam, adamw or sgd, not {cfg.optimizer!r}")
+
+
+def build_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, total_steps: int | Callable[[], int],
+                    warmup_steps: int | Callable[[], int] = 0) -> Any:
+    """``plateau`` (on val mIoU, stepped per validation) or ``cosine``/``poly``/``none`` (stepped per optimizer
+    step, after a linear warm-up of ``warmup_steps``).
+
+    ``total_steps`` and ``warmup_steps`` may be callables: a time-budgeted run learns its length from the
+    first steps' timing, and the schedule follows the updated value.
+    """
+    name = cfg.scheduler.lower()
+    if name == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5,
+                                                          patience=cfg.plateau_patience)
+    if name not in ("cosine", "poly", "none"):
+        raise ValueError(f"scheduler must be plateau, cosine, poly or none, not {cfg.scheduler!r}")
+
+    def value(v: int | Callable[[], int]) -> int:
+        return int(v() if callable(v) else v)
+
+    def factor(step: int) -> float:
+        total = max(1, value(total_steps))
+        warmup = min(value(warmup_steps), total - 1)
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        t = min(1.0, (step - warmup) / max(1, total - warmup))
+        if name == "cosine":
+            return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t))
+        if name == "poly":
+            return max(0.0, 1 - t) ** 0.9
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
