@@ -12,7 +12,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "info", help="model summary, or the list of encoders",
         description="Print a model's stages with output shapes, parameters and forward FLOPs: of a "
-                    "checkpoint, or of a model built from the options. --encoders lists every encoder.")
+                    "checkpoint, or of a model built from the options (defaults: UNetConfig's, as UNet() "
+                    "builds; 'unetkit plan DATA' shows the width and depth training would plan for your data). "
+                    "--encoders lists every encoder.")
     p.add_argument("checkpoint", nargs="?", metavar="RUN_DIR|CKPT", help="summarise this trained model")
     p.add_argument("--encoders", action="store_true",
                    help="list encoders: parameters, stage channels, reductions, ImageNet weights cached?")
