@@ -19,8 +19,8 @@
     validation mosaics, so no digit image is on both sides. The class ``7`` is made rare (one in ten of
     its samples is used) to exercise rare-class handling.
 
-The axial ``ct-chest`` set itself is built in (``--data ct-chest``). The images bundled with nilearn and
-stardist are reserved for independent evaluation and are deliberately not used here.
+The axial ``ct-chest`` set itself is built in (``--data ct-chest``). Data sets reserved for independent
+evaluation of the defaults are deliberately not used here.
 """
 
 from __future__ import annotations
