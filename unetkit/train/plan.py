@@ -263,25 +263,32 @@ def make_plan(fp: Fingerprint, cfg: TrainConfig, device: torch.device | str = "c
         why["class_weights"] = (f"rarest class {100 * rarest:.2f} % of the pixels: the Dice term weighs classes "
                                 "equally" + (", foreground patches show it often" if fg > 0 else ""))
 
-    # Length.
     samples = max(patches, batch)
-    spe = steps_per_epoch(samples, batch)
-    budget = parse_duration(cfg.time) if cfg.time is not None else None
-    if cfg.epochs is not None:
-        max_steps = cfg.epochs * spe
-        why["length"] = "given" + (" (and a time budget)" if budget else "")
-    elif budget is not None:
-        max_steps = None  # the budget decides
-        why["length"] = "as many steps as the time budget holds, measured on the first steps"
-    else:
-        max_steps = min(MAX_STEPS, max(MIN_STEPS, EPOCHS * spe))
-        budget = DEFAULT_BUDGET_S[dev]
-        why["length"] = (f"{EPOCHS} epochs of {samples} patches, kept within {MIN_STEPS}-{MAX_STEPS} steps and "
-                         f"{format_duration(budget)} (--time or --epochs to change)")
+    max_steps, budget, why["length"] = plan_length(cfg, samples, batch, dev)
     return Plan(normalization=scheme, norm=norm, patch_size=patch, batch_size=batch, depth=depth,
                 base_channels=base, foreground_fraction=fg, loss=loss, class_weights=weights,
                 epochs=cfg.epochs, max_steps=max_steps, time_budget_s=budget, samples_per_epoch=samples,
                 reasons=why)
+
+
+def plan_length(cfg: TrainConfig, samples: int, batch: int, device: torch.device | str = "cpu"
+                ) -> tuple[int | None, float | None, str]:
+    """``(max_steps, time budget in seconds, reason)`` for epochs of ``samples`` patches in batches of ``batch``.
+
+    ``max_steps`` is ``None`` when only the budget bounds the run. Used by :func:`make_plan` and when a
+    resumed run is extended with new ``epochs`` or ``time``.
+    """
+    dev = "cuda" if torch.device(device).type == "cuda" else "cpu"
+    spe = steps_per_epoch(samples, batch)
+    budget = parse_duration(cfg.time) if cfg.time is not None else None
+    if cfg.epochs is not None:
+        return cfg.epochs * spe, budget, "given" + (" (and a time budget)" if budget else "")
+    if budget is not None:
+        return None, budget, "as many steps as the time budget holds, measured on the first steps"
+    budget = DEFAULT_BUDGET_S[dev]
+    return (min(MAX_STEPS, max(MIN_STEPS, EPOCHS * spe)), budget,
+            f"{EPOCHS} epochs of {samples} patches, kept within {MIN_STEPS}-{MAX_STEPS} steps and "
+            f"{format_duration(budget)} (--time or --epochs to change)")
 
 
 def normalization_for(scheme: str, fp: Fingerprint) -> Normalization:

@@ -42,7 +42,7 @@ from .budget import Budget
 from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum, init_distributed
 from .optim import build_optimizer, build_scheduler, resolve_amp, rng_state, seed_everything, set_rng_state
-from .plan import Plan, apply_plan, load_and_plan, make_plan
+from .plan import Plan, apply_plan, load_and_plan, plan_length
 from .report import curves_png, png_bytes, save_png, write_metrics_csv, write_report
 
 #: Seconds between redraws of ``curves.png`` during a run (drawing costs about 0.2 s; the demo's epochs
@@ -150,9 +150,9 @@ class Trainer:
                 std=(1.0,), **cfg.data_options)
             plan = Plan.from_dict(ckpt["plan"])
             if cfg.epochs is not None or cfg.time is not None:  # a longer run asked for on resume
-                extended = make_plan(fingerprint_stub(self.train_ds), apply_plan(cfg, plan), dev)
-                plan.epochs, plan.max_steps, plan.time_budget_s = (extended.epochs, extended.max_steps,
-                                                                   extended.time_budget_s)
+                plan.max_steps, plan.time_budget_s, plan.reasons["length"] = plan_length(
+                    cfg, plan.samples_per_epoch, plan.batch_size, dev)
+                plan.epochs = cfg.epochs
             for d in (self.train_ds, val_ds):
                 if d is not None:
                     d.set_normalization(plan.norm)
@@ -595,16 +595,6 @@ class Trainer:
             summary = {**result.to_json(), "steps": self.step, "time": self.budget.to_dict()}
             atomic_write(self.run_dir / "metrics.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
         return result
-
-
-def fingerprint_stub(ds: SegmentationDataset) -> Fingerprint:
-    """A fingerprint with sizes only (enough to re-plan the length of a resumed run)."""
-    n = ds.num_classes
-    return Fingerprint(name=ds.name, num_images=len(ds), num_classes=n, in_channels=ds.in_channels,
-                       class_names=list(ds.class_names), dtype="uint8",
-                       sizes=[ds.image_size(i) for i in range(len(ds))], mean=[0.0], std=[1.0], minimum=[0.0],
-                       maximum=[1.0], percentiles=[[0.0, 0.5, 1.0]], clipped_mean=[0.0], clipped_std=[1.0],
-                       class_pixels=[1] * n, class_images=[1] * n)
 
 
 def fit(cfg: TrainConfig | None = None, *, resume: str | Path | None = None, progress: bool = True,
