@@ -286,7 +286,8 @@ def test_predict_cli_writes_mask_overlay_probs(tmp_path, images, capsys):
     assert probs.shape == (3, 40, 56) and probs.dtype == np.float32
     assert np.allclose(probs.sum(0), 1, atol=1e-5)
     ov = Image.open(out / "b_overlay.png")
-    assert ov.mode == "RGB" and ov.size == (47, 33)
+    # The overlay is enlarged 10x (the largest whole factor within 512 px) above a one-line 30 px legend.
+    assert ov.mode == "RGB" and ov.size == (470, 330 + 30)
     assert not list(out.glob(".*"))  # no temporary files left behind
 
 

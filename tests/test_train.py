@@ -64,9 +64,10 @@ def test_run_directory_contents(trained):
     ckpt = torch.load(trained / "last.pt", weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["config"]["data"] == "shapes"
     assert {"optimizer", "scheduler", "scaler", "rng", "history", "model_config", "data"} <= set(ckpt)
-    # The sample panel: 2 rows of image | truth | prediction, 48x48 enlarged 5x, with 4 px gaps.
+    # The sample panel: 2 rows of image | truth | prediction, 48x48 enlarged 5x, with 4 px gaps, under a
+    # 24 px band of column titles and above a one-line 30 px class legend.
     panel = Image.open(trained / "samples" / "epoch_002.png")
-    assert panel.size == (3 * 240 + 2 * 4, 2 * 240 + 4)
+    assert panel.size == (3 * 240 + 2 * 4, 24 + 2 * 240 + 4 + 30)
     Image.open(trained / "curves.png").verify()
 
 

@@ -1,7 +1,8 @@
 """``unetkit predict``: segment image files with a checkpoint or an exported ``.onnx`` model.
 
 For each input ``<stem>.<ext>`` it writes, into ``--out``: ``<stem>_mask.png`` (palette PNG, pixel value
-= class index, palette = class colours), ``<stem>_overlay.png`` (the image with the classes blended in)
+= class index, palette = class colours, at the image's size), ``<stem>_overlay.png`` (the image with the
+classes blended in and a class legend underneath; small images enlarged by a whole factor, up to 512 pixels)
 and with ``--probs`` ``<stem>_probs.npy`` (float32 ``(C, H, W)``). Files that cannot be read are reported
 and skipped; the exit code is 1 when any failed.
 """
@@ -19,6 +20,8 @@ from ..atomic import atomic_write
 from .main import CLIError
 
 GLOB_CHARS = set("*?[")
+#: Overlays are enlarged by the largest whole factor that keeps their longer side within this many pixels.
+OVERLAY_MIN_SIZE = 512
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -115,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data.io import read_image
     from ..infer import image_to_tensor, load_predictor, palette, predict
     from ..models.outputs import probs_to_labels
-    from ..viz import overlay, save_mask_png, save_rgb_png
+    from ..viz import overlay_view, save_mask_png, save_rgb_png
 
     if args.tile is not None and (min(args.tile) < 1 or len(args.tile) > 2):
         raise CLIError(f"--tile takes one or two positive sizes, got {' '.join(map(str, args.tile))}")
@@ -160,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
         labels = probs_to_labels(probs[None])[0].numpy()
         stem = f.stem
         atomic_write(out / f"{stem}_mask.png", lambda tmp, lab=labels: save_mask_png(lab, colors, tmp))
-        ov = overlay(raw, labels, colors, args.alpha)
+        ov = overlay_view(raw, labels, colors, info.class_names, args.alpha, min_size=OVERLAY_MIN_SIZE)
         atomic_write(out / f"{stem}_overlay.png", lambda tmp, o=ov: save_rgb_png(o, tmp))
         if args.probs:
             p_np = probs.numpy().astype(np.float32)

@@ -1,5 +1,8 @@
 """Run-directory outputs a person looks at: ``metrics.csv``, ``curves.png``, sample panels, ``report.html``.
 
+Figures are built by ``*_figure`` functions (tested through their texts, ticks and limits) and encoded by
+the ``*_png`` ones.
+
 Every file is written atomically (temp file + rename), so a crash never leaves half a file.
 """
 
@@ -18,7 +21,7 @@ import numpy as np
 
 from ..atomic import atomic_write
 from ..evaluate import EvalResult
-from ..viz import save_rgb_png
+from ..viz import Color, legend_entries, save_rgb_png
 
 CSV_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_miou", "val_dice", "val_pixel_accuracy", "lr", "seconds")
 
@@ -54,56 +57,200 @@ def _figure_png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def curves_png(history: Sequence[dict[str, Any]]) -> bytes:
-    """Loss (train and validation) and validation mIoU/Dice per epoch, side by side."""
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ep = [h["epoch"] for h in history]
+    return plt
+
+
+def best_row(history: Sequence[dict[str, Any]], best_epoch: int | None = None) -> dict[str, Any] | None:
+    """The validated row of ``best_epoch``; by default the first one with the highest ``val_miou`` (the
+    trainer keeps ``best.pt`` from that epoch). ``None`` before any validation."""
     val = [h for h in history if "val_miou" in h]
-    vep = [h["epoch"] for h in val]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
-    a.plot(ep, [h["train_loss"] for h in history], label="train")
-    a.plot(vep, [h["val_loss"] for h in val], label="validation", marker="." if len(val) < 30 else None)
-    a.set_xlabel("epoch")
+    if best_epoch is not None:
+        for h in val:
+            if h["epoch"] == best_epoch:
+                return h
+    return max(val, key=lambda h: h["val_miou"]) if val else None  # max() keeps the first of equal values
+
+
+def loss_limits(values: Sequence[float], epochs: Sequence[int]) -> tuple[float, float]:
+    """Y limits of the loss plot that an early spike does not flatten.
+
+    Values of the first fifth of the run that are more than twice the highest later value are left out of
+    the range (they are drawn as off-scale markers); everything else is shown.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    e = np.asarray(epochs, dtype=np.float64)
+    ok = np.isfinite(v)
+    v, e = v[ok], e[ok]
+    if not v.size:
+        return 0.0, 1.0
+    later = v[e > e.min() + (e.max() - e.min()) / 5]
+    keep = v <= 2 * later.max() if later.size >= 2 else np.ones_like(v, dtype=bool)
+    top = float(v[keep].max())
+    lo = float(v.min())
+    span = max(top - lo, 1e-3 * max(abs(top), 1e-12))
+    return max(0.0, lo - 0.08 * span) if lo >= 0 else lo - 0.08 * span, top + 0.08 * span
+
+
+def curves_figure(history: Sequence[dict[str, Any]], best_epoch: int | None = None) -> Any:
+    """The figure of :func:`curves_png` (returned so tests can read its texts, ticks and limits)."""
+    from matplotlib.ticker import MaxNLocator
+
+    plt = _pyplot()
+    rows = [h for h in history if h.get("train_loss") is not None]
+    val = [h for h in history if "val_miou" in h]
+    ep, vep = [h["epoch"] for h in rows], [h["epoch"] for h in val]
+    mark = {"marker": "o", "markersize": 3} if len(val) < 30 else {}
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    a.plot(ep, [h["train_loss"] for h in rows], label="train", **(mark if len(rows) < 30 else {}))
+    a.plot(vep, [h["val_loss"] for h in val], label="validation", **mark)
+    losses = [h["train_loss"] for h in rows] + [h["val_loss"] for h in val]
+    lo, hi = loss_limits(losses, ep + vep)
+    a.set_ylim(lo, hi)
+    off = [(e, v) for e, v in zip(ep + vep, losses) if v is not None and v > hi]
+    if off:
+        a.plot([e for e, _ in off], [hi] * len(off), linestyle="none", marker="^", color="0.35", clip_on=False,
+               label=f"off scale (up to {max(v for _, v in off):.3g})")
     a.set_ylabel("loss")
-    a.set_yscale("log")
-    a.legend()
-    a.grid(alpha=0.3)
-    b.plot(vep, [h["val_miou"] for h in val], label="val mIoU")
-    b.plot(vep, [h["val_dice"] for h in val], label="val Dice")
-    b.set_xlabel("epoch")
+    b.plot(vep, [h["val_miou"] for h in val], label="val mIoU", **mark)
+    b.plot(vep, [h["val_dice"] for h in val], label="val Dice", **mark)
+    best = best_row(history, best_epoch)
+    if best is not None:
+        for ax in (a, b):
+            ax.axvline(best["epoch"], color="0.55", linestyle="--", linewidth=1)
+        b.plot([best["epoch"]], [best["val_miou"]], linestyle="none", marker="*", markersize=12, color="C3",
+               zorder=5, label=f"best: mIoU {best['val_miou']:.4f}, epoch {best['epoch']}")
+        right = best["epoch"] > (min(vep) + max(vep)) / 2
+        b.annotate(f"{best['val_miou']:.4f}", (best["epoch"], best["val_miou"]), xytext=(-8 if right else 8, -14),
+                   textcoords="offset points", ha="right" if right else "left", fontsize=9, color="C3")
+    elif not val:
+        b.text(0.5, 0.5, "no validation yet", ha="center", va="center", transform=b.transAxes, color="0.4")
     b.set_ylim(0, 1)
-    b.legend(loc="lower right")
-    b.grid(alpha=0.3)
-    return _figure_png(fig)
+    b.set_ylabel("validation mIoU / Dice")
+    epochs = ep + vep
+    first, last = (min(epochs), max(epochs)) if epochs else (1, 1)
+    pad = max(0.5, 0.03 * (last - first))
+    for ax in (a, b):
+        ax.set_xlabel("epoch")
+        ax.set_xlim(first - pad, last + pad)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:  # above the plot, so it never hides a curve
+            ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.01), ncol=3, frameon=False, fontsize=9,
+                      borderaxespad=0.0)
+    fig.tight_layout()
+    return fig
 
 
-def confusion_png(cm: Sequence[Sequence[int]], names: Sequence[str]) -> bytes:
-    """The confusion matrix normalised per true class (rows sum to 1), counts in the cells' labels."""
-    import matplotlib
+def curves_png(history: Sequence[dict[str, Any]], best_epoch: int | None = None) -> bytes:
+    """Loss (train and validation) and validation mIoU/Dice per epoch, side by side, as PNG.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    The best epoch (``best_epoch``, by default the first with the highest val mIoU) is marked with a
+    dashed line and a star labelled with its mIoU, the figure the report's headline shows.
+    """
+    return _figure_png(curves_figure(history, best_epoch))
 
+
+def _fraction_text(v: float) -> str:
+    """A row-normalised cell: two decimals, but never ``0.00``/``1.00`` for a cell that is not exactly that."""
+    if 0 < v < 0.01:
+        return "<0.01"
+    if 0.99 < v < 1:
+        return ">0.99"
+    return f"{v:.2f}"
+
+
+def _count_text(n: float) -> str:
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= div:
+            return f"{n / div:.3g}{unit}"
+    return f"{int(n)}"
+
+
+def confusion_figure(cm: Sequence[Sequence[int]], names: Sequence[str]) -> Any:
+    """The figure of :func:`confusion_png` (returned so tests can read its texts)."""
+    plt = _pyplot()
     m = np.asarray(cm, dtype=np.float64)
     rows = m.sum(1, keepdims=True)
     norm = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
     n = len(names)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * n, 0.8 + 0.6 * n))
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    fig, ax = plt.subplots(figsize=(2.6 + 0.7 * n, 1.4 + 0.6 * n))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).set_label("fraction of the true class's pixels")
     ax.set_xticks(range(n), names, rotation=45, ha="right")
-    ax.set_yticks(range(n), names)
+    ax.set_yticks(range(n), [f"{name} ({_count_text(rows[i, 0])} px)" for i, name in enumerate(names)])
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    for i in range(n):
-        for j in range(n):
-            if m[i, j] > 0:
-                ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if norm[i, j] > 0.5 else "black")
-    return _figure_png(fig)
+    ax.set_title("row-normalised: each true class's row sums to 1", fontsize=10)
+    if n <= 25:
+        for i in range(n):
+            for j in range(n):
+                if m[i, j] > 0:
+                    ax.text(j, i, _fraction_text(norm[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if norm[i, j] > 0.5 else "black")
+            if rows[i, 0] == 0:
+                ax.text(i, i, "no pixels", ha="center", va="center", fontsize=6, color="0.45")
+    return fig
+
+
+def confusion_png(cm: Sequence[Sequence[int]], names: Sequence[str]) -> bytes:
+    """The confusion matrix as PNG, normalised per true class (rows sum to 1, said in its title), with a
+    colour bar; cells with pixels show their fraction (``<0.01`` rather than ``0.00``), the row labels the
+    true class's pixel count."""
+    return _figure_png(confusion_figure(cm, names))
+
+
+def _plain(v: Any) -> Any:
+    """``v`` with tuples as lists and unknown objects as strings, so YAML can write it."""
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    return str(v)
+
+
+def split_config(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(changed, defaults)``: the options that differ from :class:`TrainConfig`'s defaults (planned values
+    count as changed), and those that do not; the nested ``model`` mapping is split the same way against
+    :class:`UNetConfig`'s defaults. Key order is kept."""
+    from ..models import UNetConfig
+    from .config import TrainConfig
+
+    defaults, model_defaults = _plain(TrainConfig().to_dict()), _plain(UNetConfig().to_dict())
+    changed: dict[str, Any] = {}
+    same: dict[str, Any] = {}
+    for key, value in _plain(config).items():
+        if key == "model" and isinstance(value, dict):
+            for k, v in value.items():
+                side = same if k in model_defaults and model_defaults[k] == v else changed
+                side.setdefault("model", {})[k] = v
+        elif key in defaults and defaults[key] == value:
+            same[key] = value
+        else:
+            changed[key] = value
+    return changed, same
+
+
+def _yaml(d: dict[str, Any]) -> str:
+    """Block-style YAML, except that lists of plain values stay on one line (``patch_size: [48, 48]``)."""
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def short_list(dumper: yaml.SafeDumper, value: list[Any]) -> Any:
+        flat = all(not isinstance(v, (list, dict)) for v in value)
+        return dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=flat)
+
+    Dumper.add_representer(list, short_list)
+    return yaml.dump(d, Dumper=Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True).rstrip("\n")
 
 
 def _img(data: bytes, alt: str) -> str:
@@ -114,40 +261,76 @@ def _cell(v: float | None) -> str:
     return "&ndash;" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
 
 
+def _swatch(color: Sequence[int] | None) -> str:
+    """A small colour box; ``None``: an empty crossed box, for the class overlays leave uncoloured."""
+    if color is None:
+        return '<span class="sw none" title="not coloured"></span>'
+    hexa = "#{:02x}{:02x}{:02x}".format(*(int(v) for v in color[:3]))
+    return f'<span class="sw" style="background:{hexa}" title="{hexa}"></span>'
+
+
 def write_report(path: Path, *, title: str, result: EvalResult, history: Sequence[dict[str, Any]],
-                 samples_png: bytes | None, config: dict[str, Any], facts: dict[str, str]) -> None:
+                 samples_png: bytes | None, config: dict[str, Any], facts: dict[str, str],
+                 colors: Sequence[Color] | None = None, best_epoch: int | None = None) -> None:
     """A self-contained HTML page (images inlined): headline numbers, curves, per-class table, confusion
-    matrix, sample overlays and the configuration."""
-    names = result.class_names
+    matrix, sample overlays and the configuration (YAML, options changed from the defaults first).
+
+    ``history``: validated rows, or every row (the curves then show every epoch's training loss).
+    ``colors``: the class colours, for the swatches of the per-class table (the mask colours) and the legend
+    above the samples (where class 0 is left uncoloured, as the overlays leave it).
+    ``best_epoch``: the epoch of the evaluated checkpoint, named in the headline and starred on the curve
+    (default: the first with the highest val mIoU in ``history``).
+    """
+    names = result.class_names or [f"class {i}" for i in range(len(result.iou))]
+    best = best_row(history, best_epoch)
     bf = result.boundary_f1 or [math.nan] * len(names)
+    sw = [_swatch(tuple(colors[i])) if colors and i < len(colors) else "" for i in range(len(names))]
     rows = "\n".join(
-        f"<tr><td>{html.escape(n)}</td><td>{_cell(result.iou[i])}</td><td>{_cell(result.dice[i])}</td>"
-        f"<td>{_cell(bf[i])}</td><td>{_cell(result.precision[i])}</td><td>{_cell(result.recall[i])}</td></tr>"
+        f"<tr><td>{sw[i]}{html.escape(n)}</td><td>{_cell(result.iou[i])}</td>"
+        f"<td>{_cell(result.dice[i])}</td><td>{_cell(bf[i])}</td><td>{_cell(result.precision[i])}</td>"
+        f"<td>{_cell(result.recall[i])}</td></tr>"
         for i, n in enumerate(names))
-    facts_html = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in facts.items())
-    cfg = html.escape("\n".join(f"{k}: {v}" for k, v in config.items()))
+    facts_html = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{f'<pre>{html.escape(v)}</pre>' if chr(10) in v else html.escape(v)}"
+        "</td></tr>" for k, v in facts.items())
+    legend = ""
+    if colors:
+        legend = '<p class="legend">' + " ".join(
+            f"<span>{_swatch(c)}{html.escape(label)}</span>" for label, c in legend_entries(names, colors)) + "</p>"
+    best_note = f"<small>best epoch {best['epoch']}</small>" if best is not None else ""
+    changed, same = split_config(config)
+    changed_yaml = _yaml(changed) if changed else "# every option has its default value"
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
 body {{ font: 15px/1.45 system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; padding: 0 1rem; }}
 h1 {{ font-size: 1.5rem; }} h2 {{ font-size: 1.15rem; margin-top: 2rem; border-bottom: 1px solid #ddd; }}
+h3 {{ font-size: 1rem; margin-bottom: .3rem; }}
 .big {{ display: flex; gap: 2rem; }} .big div {{ background: #f4f6fa; padding: .7rem 1.2rem; border-radius: 8px; }}
-.big b {{ display: block; font-size: 1.6rem; }}
+.big b {{ display: block; font-size: 1.6rem; }} .big small {{ color: #666; }}
 table {{ border-collapse: collapse; }} td, th {{ padding: .25rem .8rem; border-bottom: 1px solid #eee; text-align: right; }}
 td:first-child, th:first-child {{ text-align: left; }} img {{ max-width: 100%; }}
+td pre {{ text-align: left; margin: 0; background: none; padding: 0; }}
 pre {{ background: #f7f7f7; padding: .8rem; font-size: 12px; }}
+.sw {{ display: inline-block; width: .9em; height: .9em; border: 1px solid #666; margin-right: .4em;
+       vertical-align: -.1em; }}
+.sw.none {{ background: linear-gradient(to top right, #fff 46%, #999 50%, #fff 54%); }}
+.legend span {{ margin-right: 1.2em; white-space: nowrap; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
-<div class="big"><div>val mIoU<b>{_cell(result.miou)}</b></div><div>val Dice<b>{_cell(result.mdice)}</b></div>
+<div class="big"><div>val mIoU<b>{_cell(result.miou)}</b>{best_note}</div><div>val Dice<b>{_cell(result.mdice)}</b></div>
 <div>Boundary F1<b>{_cell(result.mean_boundary_f1)}</b></div><div>pixel accuracy<b>{_cell(result.pixel_accuracy)}</b></div></div>
 <table>{facts_html}</table>
-<h2>Learning curves</h2>{_img(curves_png(history), "learning curves") if history else ""}
+<h2>Learning curves</h2>{_img(curves_png(history, best_epoch), "learning curves") if history else ""}
 <h2>Per-class results (validation, best checkpoint)</h2>
 <table><tr><th>class</th><th>IoU</th><th>Dice</th><th>Boundary F1</th><th>precision</th><th>recall</th></tr>
 {rows}</table>
 <h2>Confusion matrix</h2>{_img(confusion_png(result.confusion_matrix, names), "confusion matrix")}
-<h2>Samples: image | truth | prediction</h2>{_img(samples_png, "samples") if samples_png else ""}
-<h2>Configuration</h2><pre>{cfg}</pre>
+<h2>Samples: image | truth | prediction</h2>{legend}{_img(samples_png, "samples") if samples_png else ""}
+<h2>Configuration</h2>
+<h3>Changed from the defaults (planned values included)</h3><pre class="changed">{html.escape(changed_yaml)}</pre>
+<details><summary>Defaults ({sum(len(v) if isinstance(v, dict) else 1 for v in same.values())} options)</summary>
+<pre class="defaults">{html.escape(_yaml(same))}</pre></details>
 </body></html>
 """
     atomic_write(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
