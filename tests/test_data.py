@@ -336,7 +336,8 @@ def test_error_label_value_too_large_exact_message(tmp_path: Path) -> None:
     masks[7][0, 0] = 9
     Image.fromarray(masks[7]).save(tmp_path / "masks" / "img_007.png")
     msg = raises(tmp_path, num_classes=3)
-    assert msg == "masks/img_007.png: label value 9 >= num_classes 3; set num_classes or fix the mask"
+    assert msg == ("masks/img_007.png: label value 9 >= num_classes 3; fix the mask, or train with "
+                   "--num-classes 10 (or leave it out)")
     # Inferred num_classes accepts it (max label + 1).
     train, _ = get_datasets(tmp_path)
     assert train.num_classes == 10
@@ -349,7 +350,7 @@ def test_error_label_exceeds_classes_yaml(tmp_path: Path) -> None:
     assert "label value 2 >= num_classes from classes.yaml 2" in msg and "add the class to classes.yaml" in msg
     assert msg.split(":")[0].startswith("masks/img_")
     msg = raises(tmp_path, num_classes=5)
-    assert "classes.yaml lists 2 classes but num_classes=5" in msg
+    assert "classes.yaml lists 2 classes but num_classes is 5" in msg
 
 
 def test_error_empty_and_missing_folders(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ mIoU, argmax agreement and latency of fp32 vs INT8 on the validation split of ``
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,18 @@ def calibration_images(source: str, info: Any, samples: int, ckpt: dict[str, Any
     return images
 
 
+def check_writable(out: Path) -> None:
+    """Refuse an ``--out`` whose folder cannot be created or written, before the (slow) export runs."""
+    folder = out.parent
+    while not folder.exists():  # the nearest existing folder is where the missing ones would be created
+        folder = folder.parent
+    if not folder.is_dir():
+        raise CLIError(f"--out {out}: cannot write here ({folder} is a file, not a folder); choose a writable "
+                       "location")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CLIError(f"--out {out}: cannot write here ({folder} is not writable); choose a writable location")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load_model
     from ..export import export_onnx, quantize_int8
@@ -113,26 +126,31 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else ckpt_path.with_suffix(".onnx")
     if out.suffix.lower() != ".onnx":
         raise CLIError(f"--out {out}: the file name must end in .onnx")
+    check_writable(out)
     trained_on = checkpoint_dataset(ckpt)
     calib_src = args.calibration or trained_on
     if args.int8 and calib_src is None:
         raise CLIError("--int8 needs calibration images: pass --calibration DIR|NAME (the checkpoint does not "
                        "name its dataset)")
+    # Every input of --int8 is read before anything is written: a bad --calibration or --data leaves no file.
+    calib: list[Any] = []
+    eval_data = None
+    data_src = args.data or trained_on
+    if args.int8:
+        assert calib_src is not None
+        calib = calibration_images(calib_src, info, args.calib_samples, ckpt)
+        if data_src is None:
+            print("no --data and the checkpoint names no dataset: INT8 accuracy report skipped")
+        else:
+            val = _split(data_src, ckpt, "val")
+            if val is None:
+                print(f"{data_src} has no validation split: INT8 accuracy report skipped")
+            else:
+                eval_data = [(val[i][0], val[i][1]) for i in range(len(val))]
     export_onnx(model, info, out, opset=args.opset, dynamo=not args.legacy_exporter)
     if not args.int8:
         return 0
 
-    calib = calibration_images(calib_src, info, args.calib_samples, ckpt)
-    data_src = args.data or trained_on
-    eval_data = None
-    if data_src is None:
-        print("no --data and the checkpoint names no dataset: INT8 accuracy report skipped")
-    else:
-        val = _split(data_src, ckpt, "val")
-        if val is None:
-            print(f"{data_src} has no validation split: INT8 accuracy report skipped")
-        else:
-            eval_data = [(val[i][0], val[i][1]) for i in range(len(val))]
     int8_path = out.with_suffix(".int8.onnx")
     report = quantize_int8(out, int8_path, calib, eval_data=eval_data, quant_format=args.quant_format,
                            per_channel=not args.per_tensor, reduce_range=args.reduce_range,

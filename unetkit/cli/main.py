@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
+import typing
 from collections.abc import Sequence
 
 from .. import __version__
@@ -22,8 +24,18 @@ class CLIError(Exception):
     """A user-facing error: printed as one line, exit code 2."""
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line too (argparse prints the whole usage first).
+
+    Subcommand parsers are created with the parent's class, so every subcommand reports this way.
+    """
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="unetkit",
         description="Train, evaluate, run and export UNet segmentation models. "
                     "Run 'unetkit train' with no arguments for a demo on a real chest CT.",
@@ -42,7 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv  # accepted anywhere, also after the subcommand
     argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # name the subcommand whose options these are not
+        prog = f"unetkit {args.command}" if args.command else "unetkit"
+        parser.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(extra)} (see '{prog} --help')\n")
     args.debug = debug
     if args.command is None:
         parser.print_help()
@@ -51,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: say which process failed
         label += f" (rank {os.environ.get('RANK', '?')} of {os.environ['WORLD_SIZE']})"
     try:
+        check_encoder(args)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("unetkit: interrupted", file=sys.stderr)
@@ -58,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CLIError, ValueError, OSError, ImportError) as e:  # bad input: the user can fix it
         if args.debug:
             raise
-        print(f"{label}: error: {one_line(e)}", file=sys.stderr)
+        print(f"{label}: error: {flag_names(one_line(e), args)}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - a failed run (or a bug): one line, traceback with --debug
         if args.debug:
@@ -68,7 +84,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def check_encoder(args: argparse.Namespace) -> None:
+    """Refuse an unknown ``--encoder`` up front, naming the flag (the model is built only after the data)."""
+    name = getattr(args, "encoder", None)
+    if not isinstance(name, str) or name.startswith("timm:"):
+        return
+    from ..models.encoders import encoder_names
+
+    if name not in encoder_names():
+        raise CLIError(f"--encoder {name}: unknown encoder; choose one of {', '.join(encoder_names())} "
+                       "or timm:<name>")
+
+
 def one_line(e: BaseException) -> str:
-    """The exception's message on one line (no traceback)."""
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text
+    """The exception's message on one line (no traceback).
+
+    An ``OSError`` built as ``OSError(errno, message)`` reads ``[Errno 13] message``; the number says
+    nothing to a user, so only the message is kept (it names the file).
+    """
+    if isinstance(e, OSError) and e.strerror and e.filename is None and e.args[1:] == (e.strerror,):
+        text = str(e.strerror)
+    else:
+        text = str(e)
+    return " ".join(text.split()) or type(e).__name__
+
+
+def flag_names(text: str, args: argparse.Namespace) -> str:
+    """Name the flag in option errors: ``flags: patch_size must ...`` becomes ``--patch-size must ...``.
+
+    The option checks shared with config files say where a value came from (a file, or ``flags``); on the
+    command line the flag the user typed is the clearer name. Only options given on this command line
+    (attributes of ``args``) are rewritten.
+    """
+    m = re.match(r"flags: ([a-z][a-z0-9_]*)\b", text)
+    if m is None or not hasattr(args, m.group(1)):
+        return text
+    return "--" + m.group(1).replace("_", "-") + text[m.end():]

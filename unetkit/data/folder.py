@@ -171,6 +171,13 @@ def _read_pair(pair: _Pair) -> None:
     pair.mask_data = mask
 
 
+def _needed(pairs: list[_Pair], ignore_index: int) -> int:
+    """Number of classes the masks' label values call for (largest label + 1, ``ignore_index`` aside)."""
+    values = np.concatenate([p.values for p in pairs if p.values is not None])
+    values = values[values != ignore_index]
+    return int(values.max()) + 1 if values.size else 1
+
+
 def _why(e: Exception) -> str:
     msg = " ".join(str(e).split()) or type(e).__name__
     return msg[:200]
@@ -183,13 +190,35 @@ def _decode_image(pair: _Pair, in_channels: int) -> np.ndarray:
     except Exception as e:  # noqa: BLE001
         raise DatasetError(f"{pair.rel_image} cannot be decoded ({_why(e)}); the file is corrupt or truncated, "
                            "re-export it or remove it") from e
+    _check_finite(pair, arr)
     if arr.shape[-1] != in_channels:
         arr = convert_channels(arr, in_channels)
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
+def _check_finite(pair: _Pair, arr: np.ndarray) -> None:
+    """Refuse float pixels that are NaN or infinite: they would turn the loss into NaN mid-epoch."""
+    if arr.dtype.kind != "f" or np.isfinite(arr).all():
+        return
+    n_nan = int(np.isnan(arr).sum())
+    n_inf = int(np.isinf(arr).sum())
+    raise DatasetError(f"{pair.rel_image} has {n_nan} NaN and {n_inf} infinite pixel(s); replace them with finite "
+                       "values (e.g. numpy.nan_to_num) and re-save it, or remove the image")
+
+
 def _verify_image(pair: _Pair) -> None:
-    """Cheap integrity check without decoding (PNG chunk CRCs etc.) for uncached datasets."""
+    """Integrity check for uncached datasets: PNG chunk CRCs etc. without decoding; float images decoded.
+
+    Float images are decoded in full because only their pixels can tell NaN or infinite values.
+    """
+    if pair.info is not None and pair.info.dtype == "float32":
+        try:
+            arr = read_image(pair.image)
+        except Exception as e:  # noqa: BLE001
+            raise DatasetError(f"{pair.rel_image} cannot be decoded ({_why(e)}); the file is corrupt or "
+                               "truncated, re-export it or remove it") from e
+        _check_finite(pair, arr)
+        return
     if is_tiff(pair.image):
         return
     try:
@@ -269,15 +298,16 @@ def scan_folder(
             if p.info.channels != first.info.channels:
                 raise DatasetError(f"{p.rel_image} has {p.info.channels} channels but {first.rel_image} has "
                                    f"{first.info.channels}; convert all images to the same mode (all grayscale "
-                                   "or all RGB) or pass in_channels to convert on load")
+                                   "or all RGB), or set --in-channels to convert them on load")
         in_channels = first.info.channels
     else:
         for p in pairs:
             assert p.info is not None
             c = p.info.channels
             if not channels_convertible(c, in_channels):
-                raise DatasetError(f"{p.rel_image} has {c} channels but in_channels={in_channels}; only grey -> "
-                                   "any and RGB -> grey are converted: convert the image or change --in-channels")
+                raise DatasetError(f"{p.rel_image} has {c} channels but the model takes {in_channels} (--in-channels); "
+                                   "only grey -> any and RGB -> grey are converted: convert the image or change "
+                                   "--in-channels")
 
     # RGB (colour-coded) masks -> labels.
     lut: dict[int, int] = {}
@@ -302,9 +332,11 @@ def scan_folder(
         if bad.size:
             p = next(p for p in pairs if np.isin(p.values, bad).any())
             raise DatasetError(f"{p.rel_mask}: value {int(np.intersect1d(p.values, bad)[0])} in a binary 0/255 "
-                               "mask set; use only 0 and 255, or pass binary=False for class-index masks")
+                               "mask set; use only 0 and 255, or read the masks as class indices "
+                               "(binary=False in Python)")
         logger.warning("%s: masks contain only the values 0 and 255; treating them as binary (255 -> class 1, "
-                       "no ignore pixels). Pass binary=False to keep 255 as ignore_index.", root)
+                       "no ignore pixels). To keep 255 as ignore_index, store the classes as indices 0, 1, ... "
+                       "in the masks.", root)
         for p in pairs:
             assert p.mask_data is not None and p.values is not None
             p.mask_data = (p.mask_data == 255).astype(np.uint8)
@@ -314,8 +346,9 @@ def scan_folder(
     where = "num_classes"
     if names_file is not None:
         if num_classes is not None and num_classes != len(names_file):
-            raise DatasetError(f"{class_file} lists {len(names_file)} classes but num_classes={num_classes}; "
-                               f"make them agree (edit {class_file} or drop num_classes)")
+            raise DatasetError(f"{class_file} lists {len(names_file)} classes but num_classes is {num_classes} "
+                               f"(--num-classes or the model's); make them agree (edit {class_file}, or drop "
+                               "--num-classes to use its count)")
         num_classes = len(names_file)
         where = f"num_classes from {class_file}"
     elif num_classes is None:
@@ -325,16 +358,17 @@ def scan_folder(
             labels = present[present != ignore_index]
             num_classes = max(2, int(labels.max()) + 1 if labels.size else 2)
     if num_classes < 1:
-        raise DatasetError(f"num_classes must be >= 1, got {num_classes}")
+        raise DatasetError(f"--num-classes must be >= 1, not {num_classes}")
     if 0 <= ignore_index < num_classes:
         raise DatasetError(f"ignore_index {ignore_index} is also a class index (num_classes {num_classes}); "
-                           "choose an ignore_index >= num_classes (or a negative one)")
+                           "choose an --ignore-index >= num_classes (or a negative one)")
     for p in pairs:
         assert p.values is not None
         bad = p.values[(p.values >= num_classes) & (p.values != ignore_index)]
         if bad.size:
             fix = (f"add the class to {class_file} or fix the mask" if names_file is not None
-                   else "set num_classes or fix the mask")
+                   else f"fix the mask, or train with --num-classes {_needed(pairs, ignore_index)} (or leave "
+                        "it out)")
             raise DatasetError(f"{p.rel_mask}: label value {int(bad.max())} >= {where} {num_classes}; {fix}")
 
     class_names = names_file or default_names(num_classes, binary=binary)

@@ -26,20 +26,21 @@ def dataset_names() -> list[str]:
 def _builtin(name: str, *, seed: int, num_classes: int | None, in_channels: int | None,
              ignore_index: int, options: dict) -> tuple[SegmentationDataset, SegmentationDataset]:
     if ignore_index != 255:
-        raise DatasetError(f"{name}: built-in datasets use ignore_index 255; drop ignore_index={ignore_index}")
+        raise DatasetError(f"{name}: built-in datasets use ignore_index 255; drop --ignore-index {ignore_index}")
     if name == "ct-chest":
         unknown = set(options) - {"window"}
         if unknown:
-            raise DatasetError(f"ct-chest: unknown option(s) {sorted(unknown)}; it accepts window=(low, high)")
+            raise DatasetError(f"ct-chest: unknown data_options {sorted(unknown)}; it accepts only window: "
+                              "[low, high] (Hounsfield units)")
         if num_classes not in (None, 8):
-            raise DatasetError(f"ct-chest has 8 classes, not num_classes={num_classes}; drop num_classes")
+            raise DatasetError(f"ct-chest has 8 classes, not {num_classes}; drop --num-classes")
         ch = in_channels or 1
         return (CTChestDataset("train", in_channels=ch, **options),
                 CTChestDataset("val", in_channels=ch, **options))
     allowed = {"num_samples", "val_samples", "size", "max_shapes", "noise"}
     unknown = set(options) - allowed
     if unknown:
-        raise DatasetError(f"shapes: unknown option(s) {sorted(unknown)}; it accepts {sorted(allowed)}")
+        raise DatasetError(f"shapes: unknown data_options {sorted(unknown)}; it accepts {', '.join(sorted(allowed))}")
     opts = dict(options)
     n = int(opts.pop("num_samples", 64))
     n_val = int(opts.pop("val_samples", max(1, n // 4)))
@@ -92,7 +93,8 @@ def get_datasets(
             raise DatasetError(f"'{name_or_dir}' is neither a built-in dataset ({', '.join(BUILTIN_DATASETS)}) "
                                "nor an existing folder; pass one of those names or a folder with images/ and masks/")
         if options:
-            raise DatasetError(f"{path}: unknown option(s) {sorted(options)} for a folder dataset")
+            raise DatasetError(f"{path}: data_options {sorted(options)} apply only to the built-in datasets; "
+                               "remove data_options for a folder")
         train, val = load_folder(path, num_classes=num_classes, in_channels=in_channels,
                                  ignore_index=ignore_index, val_fraction=val_fraction, seed=seed,
                                  binary=binary, cache=cache)
@@ -117,6 +119,6 @@ def get_dataset(name_or_dir: str | os.PathLike = DEFAULT_DATASET, split: str = "
     train, val = get_datasets(name_or_dir, **kwargs)  # type: ignore[arg-type]
     if split == "val":
         if val is None:
-            raise DatasetError(f"{name_or_dir}: no validation split (no val/ folder and val_fraction=0)")
+            raise DatasetError(f"{name_or_dir}: no validation split (no val/ folder and --val-fraction 0)")
         return val
     return train
