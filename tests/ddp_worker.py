@@ -1,8 +1,10 @@
 """Run by ``torchrun`` in tests/test_distributed.py: train a tiny model with DDP (gloo, CPU).
 
 Usage: ``torchrun --nproc-per-node 2 tests/ddp_worker.py OUT_DIR EPOCHS [resume]``; ``FAIL_RANK=R`` makes
-rank R raise in its second epoch. Each rank saves its
-parameters (not BatchNorm buffers: DDP broadcasts rank 0's at each forward) at the end of training (before the final evaluation reloads best.pt) as ``rank{R}.pt``.
+rank R raise in its second epoch; ``FAIL_ONCE_RANK=R`` makes rank R die in its second epoch on torchrun's
+first attempt only (for ``--max-restarts``). Each rank saves its parameters (not BatchNorm buffers: DDP
+broadcasts rank 0's at each forward) at the end of training (before the final evaluation reloads best.pt)
+as ``rank{R}.pt``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ class CapturingTrainer(Trainer):
     def train_epoch(self, epoch: int) -> tuple[float, bool]:
         if os.environ.get("FAIL_RANK") == os.environ["RANK"] and epoch == 1:
             raise RuntimeError(f"simulated failure on rank {os.environ['RANK']}")
+        if os.environ.get("FAIL_ONCE_RANK") == os.environ["RANK"] and epoch == 1 and \
+                os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0":
+            os._exit(9)  # the process dies (as if killed) in its second epoch, on the first attempt only
         return super().train_epoch(epoch)
 
     def finish(self):  # noqa: ANN201 - same as Trainer.finish

@@ -98,3 +98,49 @@ def test_cli_devices_launches_torchrun(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("2 processes") == 1 and "global batch 4" in r.stdout
     assert read_checkpoint(out / "last.pt")["epoch"] == 1
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_train_like_one(ddp_run, tmp_path):
+    """Two torchrun launchers (one process each) meeting at a c10d rendezvous on 127.0.0.1 train exactly as
+    one launcher with two processes."""
+    out = tmp_path / "run"
+    port = _free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(r),
+                               "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint",
+                               f"127.0.0.1:{port}", "--rdzv-id", "two-nodes", str(WORKER), str(out), "2"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for r in range(2)]
+    for p in nodes:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+    one_node, _ = ddp_run
+    for rank in (0, 1):
+        a = torch.load(one_node / f"rank{rank}.pt", weights_only=True)
+        b = torch.load(out / f"rank{rank}.pt", weights_only=True)
+        assert all(torch.equal(a[k], b[k]) for k in a), rank
+    def metrics(run: Path) -> list[dict]:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in read_checkpoint(run / "last.pt")["history"]]
+
+    assert metrics(out) == metrics(one_node)
+
+
+def test_a_killed_worker_is_restarted_and_the_run_resumes(tmp_path):
+    """torchrun --max-restarts 1: a worker dies in epoch 2, the job restarts, resumes from last.pt and finishes."""
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FAIL_ONCE_RANK": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--max-restarts",
+           "1", str(WORKER), str(out), "3"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "restarted by torchrun (restart 1): resuming from" in r.stdout
+    ckpt = read_checkpoint(out / "last.pt")
+    assert ckpt["epoch"] == 3 and [h["epoch"] for h in ckpt["history"]] == [1, 2, 3]
+    assert (out / "report.html").is_file() and (out / "best.pt").is_file()

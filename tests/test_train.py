@@ -67,7 +67,7 @@ def test_run_directory_contents(trained):
     # The sample panel: 2 rows of image | truth | prediction, 48x48 enlarged 5x, with 4 px gaps, under a
     # 24 px band of column titles and above a one-line 30 px class legend.
     panel = Image.open(trained / "samples" / "epoch_002.png")
-    assert panel.size == (3 * 240 + 2 * 4, 24 + 2 * 240 + 4 + 30)
+    assert panel.size == (3 * 240 + 2 * 4, 26 + 24 + 2 * 240 + 4 + 30)  # title, column titles, rows, legend
     Image.open(trained / "curves.png").verify()
 
 

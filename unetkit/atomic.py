@@ -23,6 +23,22 @@ def _umask() -> int:
     return mask
 
 
+def check_writable(path: str | Path, option: str = "") -> None:
+    """Refuse, before any slow work, a ``path`` whose folder cannot be created or written (one line, naming
+    ``option`` when given, e.g. ``--out``)."""
+    path = Path(path)
+    folder = path.parent
+    while not folder.exists():  # the nearest existing folder is where the missing ones would be created
+        folder = folder.parent
+    name = f"{option} {path}" if option else str(path)
+    if not folder.is_dir():
+        raise OSError(errno.ENOTDIR, f"{name}: cannot write here ({folder} is a file, not a folder); choose a "
+                                     "writable location")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OSError(errno.EACCES, f"{name}: cannot write here ({folder} is not writable); choose a writable "
+                                    "location")
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it over ``path``.
 
@@ -31,6 +47,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     ``0o600`` of the temporary file. Errors name ``path``, not the temporary file.
     """
     path = Path(path)
+    check_writable(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)

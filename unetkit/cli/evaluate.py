@@ -70,13 +70,15 @@ def dataset_for(ckpt: dict[str, Any], data: str | None, split: str) -> Any:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..atomic import atomic_write
+    from ..atomic import atomic_write, check_writable
     from ..checkpoint import load_model
     from ..device import resolve_device
     from ..evaluate import evaluate
 
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.json:
+        check_writable(args.json, "--json")  # before the evaluation, not after it
     device = resolve_device(args.device)
     model, info, ckpt = load_model(args.checkpoint, device)
     split = args.split or default_split(ckpt, args.data)

@@ -8,7 +8,6 @@ mIoU, argmax agreement and latency of fp32 vs INT8 on the validation split of ``
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
@@ -103,19 +102,8 @@ def calibration_images(source: str, info: Any, samples: int, ckpt: dict[str, Any
     return images
 
 
-def check_writable(out: Path) -> None:
-    """Refuse an ``--out`` whose folder cannot be created or written, before the (slow) export runs."""
-    folder = out.parent
-    while not folder.exists():  # the nearest existing folder is where the missing ones would be created
-        folder = folder.parent
-    if not folder.is_dir():
-        raise CLIError(f"--out {out}: cannot write here ({folder} is a file, not a folder); choose a writable "
-                       "location")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise CLIError(f"--out {out}: cannot write here ({folder} is not writable); choose a writable location")
-
-
 def run(args: argparse.Namespace) -> int:
+    from ..atomic import check_writable
     from ..checkpoint import load_model
     from ..export import export_onnx, quantize_int8
 
@@ -126,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else ckpt_path.with_suffix(".onnx")
     if out.suffix.lower() != ".onnx":
         raise CLIError(f"--out {out}: the file name must end in .onnx")
-    check_writable(out)
+    check_writable(out, "--out")
     trained_on = checkpoint_dataset(ckpt)
     calib_src = args.calibration or trained_on
     if args.int8 and calib_src is None:

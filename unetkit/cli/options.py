@@ -61,10 +61,21 @@ def add_field(group: argparse._ActionsContainer, f: dataclasses.Field, hint: Any
     if choices:
         shown = [c for c in choices if c is not None]
         kw["metavar"] = "{" + ",".join(shown) + "}"
-        kw["choices"] = [*shown, None] if None in choices else shown
+        kw["choices"] = _Choices(shown, none=None in choices)
     else:
         kw["metavar"] = f.name.upper()
     group.add_argument(flag(f.name), type=kind, **kw)
+
+
+class _Choices(list):
+    """Allowed values shown without ``None`` (given as ``none``), but ``None`` accepted where it is a value."""
+
+    def __init__(self, values: list, none: bool) -> None:
+        super().__init__(values)
+        self.none = none
+
+    def __contains__(self, value: object) -> bool:
+        return (value is None and self.none) or super().__contains__(value)
 
 
 def add_model_options(parser: argparse.ArgumentParser, *, suppress: bool, skip: Iterable[str] = (),

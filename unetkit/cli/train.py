@@ -50,11 +50,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Defaults, then ``--config`` YAML, then flags."""
     from ..models.config import field_names
 
-    base = TrainConfig.from_yaml(args.config).to_dict() if args.config else {}
     known = {f.name for f in dataclasses.fields(TrainConfig)} | set(field_names())
     flags = {k: v for k, v in vars(args).items() if k in known}
     if "grad_clip" in flags and not flags["grad_clip"]:
         flags["grad_clip"] = None
+    TrainConfig.from_dict(flags, where="flags")  # a bad flag is blamed on the flag, not on the file
+    base = TrainConfig.from_yaml(args.config).to_dict() if args.config else {}
     return TrainConfig.from_dict({**base, **flags}, where=args.config or "flags")
 
 

@@ -52,8 +52,16 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistInfo
     dev = resolve_device(device, local_rank)
     if not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
-        kwargs = {"device_id": dev} if backend == "nccl" else {}
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s), **kwargs)
+        kwargs: dict = {"device_id": dev} if backend == "nccl" else {}
+        timeout = timedelta(seconds=timeout_s)
+        restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+        if restart > 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            # torchrun restarted the workers and reuses its store: the failed attempt's keys are still there,
+            # and gloo would connect to the dead workers' addresses. One key prefix per attempt keeps them apart.
+            agent = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
+                                  timeout=timeout)
+            kwargs.update(store=dist.PrefixStore(f"unetkit/attempt_{restart}", agent), rank=rank, world_size=world)
+        dist.init_process_group(backend, timeout=timeout, **kwargs)
     return DistInfo(rank, local_rank, world, dev)
 
 

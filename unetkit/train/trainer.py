@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -81,7 +82,19 @@ def augment_config(cfg: TrainConfig) -> AugmentConfig | None:
 
 
 def default_run_dir() -> Path:
+    """``runs/<timestamp>``; under torchrun ``runs/<run id>``, the same for every process and restart."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    if run_id and run_id != "none":
+        return Path("runs") / run_id
     return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def elastic_restart_of(cfg: TrainConfig | None) -> Path | None:
+    """The run folder to resume when torchrun restarted this job after a failure (``--max-restarts``)."""
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) < 1:
+        return None
+    out = Path(cfg.out) if cfg is not None and cfg.out else default_run_dir()
+    return out if (out / "last.pt").is_file() else None
 
 
 def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
@@ -119,6 +132,11 @@ class Trainer:
         self.clock = clock
         self.overwrite = overwrite
         t_setup = clock()
+        restarted = elastic_restart_of(cfg)
+        if resume is None and restarted is not None:  # torchrun restarted the job: continue where it was
+            resume = restarted
+            log(f"restarted by torchrun (restart {os.environ.get('TORCHELASTIC_RESTART_COUNT')}): resuming "
+                f"from {restarted / 'last.pt'}")
         ckpt = None
         if resume is not None:  # the saved config, except that cfg.epochs / cfg.time may extend the run
             path = Path(resume)
@@ -441,7 +459,7 @@ class Trainer:
                         tile_size=self.plan.patch_size, keep=self.sample_idx)
 
     @torch.inference_mode()
-    def sample_png(self, kept: dict[int, torch.Tensor] | None = None) -> np.ndarray | None:
+    def sample_png(self, kept: dict[int, torch.Tensor] | None = None, title: str | None = None) -> np.ndarray | None:
         """``image | truth | prediction`` rows for a fixed set of validation images.
 
         ``kept``: predictions the validation already made (``EvalResult.kept``); others are predicted here.
@@ -460,7 +478,8 @@ class Trainer:
             imgs.append(img)
             truths.append(mask)
             preds.append(labels)
-        return sample_panel(imgs, truths, preds, self.train_ds.class_colors, min_size=256, max_size=512)
+        return sample_panel(imgs, truths, preds, self.train_ds.class_colors, min_size=256, max_size=512,
+                            names=self.train_ds.class_names, title=title)
 
     # ----------------------------------------------------------------- the run
     def run(self) -> RunResult:
@@ -536,7 +555,7 @@ class Trainer:
                 if time.monotonic() - self._curves_written >= CURVES_EVERY_S:
                     self.write_curves()
                 if "val_miou" in row:
-                    panel = self.sample_png(val.kept) if improved or finished else None
+                    panel = self.sample_png(val.kept, f"epoch {epoch}") if improved or finished else None
                     if panel is not None:
                         save_png(panel, self.run_dir / "samples" / f"epoch_{epoch:03d}.png")
                     self.log(f"epoch {epoch:3d}  step {self.step}/{self.total_steps}  train loss {train_loss:.4f}"
@@ -559,7 +578,8 @@ class Trainer:
 
     def write_curves(self) -> None:
         """Redraw ``curves.png`` (about 0.2 s, so :meth:`run` does it at most every ``CURVES_EVERY_S``)."""
-        atomic_write(self.run_dir / "curves.png", lambda tmp: tmp.write_bytes(curves_png(self.history)))
+        atomic_write(self.run_dir / "curves.png",
+                     lambda tmp: tmp.write_bytes(curves_png(self.history, best_epoch=self.best_epoch or None)))
         self._curves_written = time.monotonic()
 
     def finish(self) -> EvalResult | None:
@@ -583,15 +603,15 @@ class Trainer:
             result = self.validate(boundary=self.cfg.boundary_f1)
         self.budget.final += self.clock() - t0
         if self.dist.is_main:
-            panel = self.sample_png(result.kept)
+            panel = self.sample_png(result.kept, f"best checkpoint (epoch {self.best_epoch})")
             samples = png_bytes(panel) if panel is not None else None
             facts = {"data": self.cfg.data, "best epoch": f"{self.best_epoch} of {len(self.history)}",
                      "training": self.budget.describe(self.step, sum("val_miou" in r for r in self.history)),
                      "model": self.describe().splitlines()[1].removeprefix("model "),
                      "plan": self.plan.table()}
             write_report(self.run_dir / "report.html", title=f"unetkit run {self.run_dir.name}", result=result,
-                         history=[r for r in self.history if "val_miou" in r], samples_png=samples,
-                         config=self.cfg.to_dict(), facts=facts)
+                         history=self.history, samples_png=samples, config=self.cfg.to_dict(), facts=facts,
+                         colors=self.train_ds.class_colors, best_epoch=self.best_epoch)
             summary = {**result.to_json(), "steps": self.step, "time": self.budget.to_dict()}
             atomic_write(self.run_dir / "metrics.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
         return result
