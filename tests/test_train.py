@@ -248,3 +248,18 @@ def test_end_to_end_predict_after_train(trained, tmp_path):
         expected = model(x[None]).argmax(1)[0].numpy()
     assert mask.shape == (48, 48) and (mask == expected).mean() > 0.999
     assert (out / "img_overlay.png").is_file()
+
+
+def test_tensorboard_scalars_match_metrics_csv(trained):
+    """With tensorboard installed (the dev extra), every epoch's metrics are TensorBoard scalars by step."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(trained / "tensorboard"))
+    events.Reload()
+    rows = read_csv(trained / "metrics.csv")
+    loss = events.Scalars("loss/train_loss")
+    assert [e.step for e in loss] == [int(r["step"]) for r in rows]
+    assert [e.value for e in loss] == pytest.approx([float(r["train_loss"]) for r in rows], rel=1e-6)
+    assert [e.value for e in events.Scalars("val/val_miou")] == pytest.approx(
+        [float(r["val_miou"]) for r in rows if r["val_miou"]], rel=1e-6)

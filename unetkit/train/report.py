@@ -334,3 +334,31 @@ pre {{ background: #f7f7f7; padding: .8rem; font-size: 12px; }}
 </body></html>
 """
     atomic_write(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
+
+
+class TensorBoardLog:
+    """Metrics of every epoch as TensorBoard scalars in ``<run>/tensorboard`` when ``tensorboard`` is installed
+    (``pip install 'unetkit[tensorboard]'``); otherwise it does nothing. ``tensorboard --logdir runs`` shows
+    all runs side by side."""
+
+    def __init__(self, run_dir: Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional
+            self.writer = None
+            return
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+    def epoch(self, row: dict[str, Any]) -> None:
+        """One ``metrics.csv`` row: losses, validation metrics (when validated) and the learning rate, by step."""
+        if self.writer is None:
+            return
+        for key in ("train_loss", "val_loss", "val_miou", "val_dice", "val_pixel_accuracy", "lr"):
+            if key in row:
+                group = "loss" if key.endswith("loss") else ("optim" if key == "lr" else "val")
+                self.writer.add_scalar(f"{group}/{key}", float(row[key]), int(row["step"]))
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

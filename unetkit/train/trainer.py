@@ -44,7 +44,7 @@ from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum, init_distributed
 from .optim import build_optimizer, build_scheduler, resolve_amp, rng_state, seed_everything, set_rng_state
 from .plan import Plan, apply_plan, load_and_plan, plan_length
-from .report import curves_png, png_bytes, save_png, write_metrics_csv, write_report
+from .report import TensorBoardLog, curves_png, png_bytes, save_png, write_metrics_csv, write_report
 
 #: Seconds between redraws of ``curves.png`` during a run (drawing costs about 0.2 s; the demo's epochs
 #: take about 1 s). It is always redrawn at the end.
@@ -495,6 +495,7 @@ class Trainer:
 
     def _run(self) -> RunResult:
         cfg = self.cfg
+        self.tensorboard = TensorBoardLog(self.run_dir) if self.dist.is_main else None
         if self.dist.is_main and self.sample_idx:
             (self.run_dir / "samples").mkdir(exist_ok=True)
             atomic_write(self.run_dir / "config.yaml",
@@ -514,6 +515,8 @@ class Trainer:
                      f"{self.run_dir}")
             raise
         final = self.finish()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         self.log(self.budget.describe(self.step, sum("val_miou" in r for r in self.history)))
         return RunResult(run_dir=self.run_dir, best_miou=self.best_miou, best_epoch=self.best_epoch,
                          epochs_run=len(self.history), history=self.history, final=final,
@@ -552,6 +555,8 @@ class Trainer:
                     if improved:
                         save_checkpoint(state, self.run_dir / "best.pt")
                 write_metrics_csv(self.history, self.run_dir / "metrics.csv")
+                if self.tensorboard is not None:
+                    self.tensorboard.epoch(row)
                 if time.monotonic() - self._curves_written >= CURVES_EVERY_S:
                     self.write_curves()
                 if "val_miou" in row:
