@@ -183,14 +183,20 @@ def _why(e: Exception) -> str:
     return msg[:200]
 
 
-def _decode_image(pair: _Pair, in_channels: int) -> np.ndarray:
-    """Full decode as ``(C, H, W)`` with ``in_channels`` channels; errors name the file."""
+def _read_checked(pair: _Pair) -> np.ndarray:
+    """Decode ``(H, W, C)``, refusing corrupt files and non-finite float pixels; errors name the file."""
     try:
         arr = read_image(pair.image)
     except Exception as e:  # noqa: BLE001
         raise DatasetError(f"{pair.rel_image} cannot be decoded ({_why(e)}); the file is corrupt or truncated, "
                            "re-export it or remove it") from e
     _check_finite(pair, arr)
+    return arr
+
+
+def _decode_image(pair: _Pair, in_channels: int) -> np.ndarray:
+    """Full decode as ``(C, H, W)`` with ``in_channels`` channels; errors name the file."""
+    arr = _read_checked(pair)
     if arr.shape[-1] != in_channels:
         arr = convert_channels(arr, in_channels)
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
@@ -212,12 +218,7 @@ def _verify_image(pair: _Pair) -> None:
     Float images are decoded in full because only their pixels can tell NaN or infinite values.
     """
     if pair.info is not None and pair.info.dtype == "float32":
-        try:
-            arr = read_image(pair.image)
-        except Exception as e:  # noqa: BLE001
-            raise DatasetError(f"{pair.rel_image} cannot be decoded ({_why(e)}); the file is corrupt or "
-                               "truncated, re-export it or remove it") from e
-        _check_finite(pair, arr)
+        _read_checked(pair)
         return
     if is_tiff(pair.image):
         return

@@ -314,18 +314,29 @@ def apply_plan(cfg: TrainConfig, plan: Plan) -> TrainConfig:
         model=cfg.model.replace(depth=plan.depth, base_channels=plan.base_channels))
 
 
+def load_data(cfg: TrainConfig, norm: Normalization | None = None, augment: Any = None) -> tuple[Any, Any]:
+    """Read and check ``cfg.data``: ``(train, val)`` (``val`` is ``None`` when there is none), normalised by
+    ``norm`` (``None``: the identity, until a plan says otherwise)."""
+    from ..data import get_datasets
+
+    train, val = get_datasets(cfg.data, augment=augment, num_classes=cfg.num_classes, in_channels=cfg.in_channels,
+                              ignore_index=cfg.ignore_index, val_fraction=cfg.val_fraction, seed=cfg.seed,
+                              mean=(0.0,), std=(1.0,), **cfg.data_options)  # no statistics pass: planned
+    for d in (train, val):
+        if d is not None and norm is not None:
+            d.set_normalization(norm)
+    return train, val
+
+
 def load_and_plan(cfg: TrainConfig, device: torch.device | str = "cpu", augment: Any = None
                   ) -> tuple[Any, Any, Fingerprint, Plan]:
     """Read and check ``cfg.data``, fingerprint its training split and plan: ``(train, val, fp, plan)``.
 
     Both datasets come back normalised as the plan says (``val`` is ``None`` when there is none).
     """
-    from ..data import get_datasets
     from ..data.fingerprint import fingerprint
 
-    train, val = get_datasets(cfg.data, augment=augment, num_classes=cfg.num_classes, in_channels=cfg.in_channels,
-                              ignore_index=cfg.ignore_index, val_fraction=cfg.val_fraction, seed=cfg.seed,
-                              mean=(0.0,), std=(1.0,), **cfg.data_options)  # the plan sets the normalisation
+    train, val = load_data(cfg, augment=augment)
     cfg.model = cfg.model.replace(num_classes=train.num_classes, in_channels=train.in_channels)
     fp = fingerprint(train)
     plan = make_plan(fp, cfg, device)

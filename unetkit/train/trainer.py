@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ..atomic import atomic_write, claim_run_folder
 from ..checkpoint import DataInfo, read_checkpoint, save_checkpoint
-from ..data import BUILTIN_DATASETS, AugmentConfig, SegmentationDataset, get_datasets
+from ..data import BUILTIN_DATASETS, AugmentConfig, SegmentationDataset
 from ..data.fingerprint import Fingerprint
 from ..data.patches import PatchDataset
 from ..data.preprocess import Normalization
@@ -43,7 +43,7 @@ from .budget import Budget
 from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum, init_distributed
 from .optim import build_optimizer, build_scheduler, resolve_amp, rng_state, seed_everything, set_rng_state
-from .plan import Plan, apply_plan, load_and_plan, plan_length
+from .plan import Plan, apply_plan, load_and_plan, load_data, plan_length
 from .report import TensorBoardLog, curves_png, png_bytes, save_png, write_metrics_csv, write_report
 
 #: Seconds between redraws of ``curves.png`` during a run (drawing costs about 0.2 s; the demo's epochs
@@ -162,18 +162,12 @@ class Trainer:
         # fingerprint, or from the checkpoint when resuming.
         self.fingerprint: Fingerprint | None = None
         if ckpt is not None and "plan" in ckpt:
-            self.train_ds, val_ds = get_datasets(
-                cfg.data, augment=augment_config(cfg), num_classes=cfg.num_classes, in_channels=cfg.in_channels,
-                ignore_index=cfg.ignore_index, val_fraction=cfg.val_fraction, seed=cfg.seed, mean=(0.0,),
-                std=(1.0,), **cfg.data_options)
             plan = Plan.from_dict(ckpt["plan"])
+            self.train_ds, val_ds = load_data(cfg, plan.norm, augment_config(cfg))
             if cfg.epochs is not None or cfg.time is not None:  # a longer run asked for on resume
                 plan.max_steps, plan.time_budget_s, plan.reasons["length"] = plan_length(
                     cfg, plan.samples_per_epoch, plan.batch_size, dev)
                 plan.epochs = cfg.epochs
-            for d in (self.train_ds, val_ds):
-                if d is not None:
-                    d.set_normalization(plan.norm)
         else:
             self.train_ds, val_ds, self.fingerprint, plan = load_and_plan(cfg, dev, augment_config(cfg))
         if val_ds is None:
