@@ -16,6 +16,14 @@ and, with ``--big``, the peak memory of ``unetkit train`` on a folder holding 40
     python benchmarks/bench_datasets.py --suite /tmp/devsuite --budget 180 --previous-src /tmp/prev --big \\
         --json benchmarks/results/datasets.json
 
+``--variant NAME=FLAGS`` (repeatable) replaces (a) by one run per variant, with those ``unetkit train``
+flags added, in an order alternated from one data set to the next; ``--smp-encoder`` picks (c)'s encoder
+and ``--no-smp`` skips it. E.g. two decoder widths of a VGG16 UNet:
+
+    python benchmarks/bench_datasets.py --suite /tmp/devsuite --datasets ct-chest,digits --budget 120 \\
+        --variant "auto=--encoder vgg16" --variant "mirror=--encoder vgg16 --decoder-channels mirror" \\
+        --smp-encoder vgg16 --json benchmarks/results/decoder_widths.json
+
 Every run is a separate process, so peak memory is that run's alone. See docs/benchmarks.md.
 """
 
@@ -24,10 +32,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +59,14 @@ def data_arg(suite: Path, name: str) -> str:
     return name if name == "ct-chest" else str(suite / name)
 
 
-def ours(data: str, budget: float, out: Path) -> dict[str, Any]:
+def ours(data: str, budget: float, out: Path, flags: Sequence[str] = ()) -> dict[str, Any]:
     r = run_process([sys.executable, "-m", "unetkit", "train", "--data", data, "--time", f"{budget:.0f}s",
-                     "--out", str(out), "--quiet"], log=out.with_suffix(".log"))
+                     "--out", str(out), "--quiet", *flags], log=out.with_suffix(".log"))
     if r["rc"] == 0:
         m = json.loads((out / "metrics.json").read_text())
         r.update(miou=m["miou"], steps=m["steps"])
+        if flags:
+            r["flags"] = " ".join(flags)
     return r
 
 
@@ -66,15 +78,15 @@ def previous(data: str, src: Path, out: Path) -> dict[str, Any]:
     return r
 
 
-def smp_reference(data: str, budget: float, out: Path) -> dict[str, Any]:
-    r = run_process([sys.executable, __file__, "--smp-run", data, "--budget", str(budget), "--json",
-                     str(out.with_suffix(".json"))], log=out.with_suffix(".log"))
+def smp_reference(data: str, budget: float, out: Path, encoder: str = "resnet34") -> dict[str, Any]:
+    r = run_process([sys.executable, __file__, "--smp-run", data, "--budget", str(budget), "--smp-encoder",
+                     encoder, "--json", str(out.with_suffix(".json"))], log=out.with_suffix(".log"))
     if r["rc"] == 0:
         r.update(json.loads(out.with_suffix(".json").read_text()))
     return r
 
 
-def smp_loop(data: str, budget: float) -> dict[str, Any]:
+def smp_loop(data: str, budget: float, encoder: str = "resnet34") -> dict[str, Any]:
     """(c): a plain training loop a user would write around smp's Unet, stopped at ``budget`` seconds."""
     import numpy as np
     import segmentation_models_pytorch as smp
@@ -99,7 +111,7 @@ def smp_loop(data: str, budget: float) -> dict[str, Any]:
 
         def __init__(self) -> None:
             super().__init__()
-            self.net = smp.Unet("resnet34", encoder_weights=None, in_channels=train.in_channels,
+            self.net = smp.Unet(encoder, encoder_weights=None, in_channels=train.in_channels,
                                 classes=train.num_classes)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -126,7 +138,7 @@ def smp_loop(data: str, budget: float) -> dict[str, Any]:
                 break
     result = evaluate(model, val, num_classes=train.num_classes, ignore_index=train.ignore_index,
                       tile_size=crop, batch_size=4)
-    return {"miou": result.miou, "steps": steps, "crop": list(crop)}
+    return {"miou": result.miou, "steps": steps, "crop": list(crop), "encoder": encoder}
 
 
 def big_folder(root: Path) -> Path:
@@ -157,20 +169,39 @@ def main() -> None:
     p.add_argument("--budget", type=float, default=180.0, help="seconds per training run")
     p.add_argument("--previous-src", type=Path, help="source tree of the previous unetkit version")
     p.add_argument("--big", action="store_true", help="also measure memory on 4000x4000 images")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS",
+                   help="run (a) once per variant with these extra 'unetkit train' flags (repeatable)")
+    p.add_argument("--smp-encoder", default="resnet34", help="encoder of the smp reference (c)")
+    p.add_argument("--no-smp", action="store_true", help="skip the smp reference (c)")
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--smp-run", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.smp_run:
-        args.json.write_text(json.dumps(smp_loop(args.smp_run, args.budget)))
+        args.json.write_text(json.dumps(smp_loop(args.smp_run, args.budget, args.smp_encoder)))
         return
+    variants = {"ours": []}
+    if args.variant:
+        variants = {}
+        for text in args.variant:
+            vname, sep, flags = text.partition("=")
+            if not sep or not vname.strip():
+                p.error(f"--variant takes NAME=FLAGS, not {text!r}")
+            variants[vname.strip()] = shlex.split(flags)
     work = Path(tempfile.mkdtemp(prefix="unetkit-bench-"))
-    results: dict[str, Any] = {"budget_s": args.budget, "datasets": {}}
-    for name in args.datasets.split(","):
+    results: dict[str, Any] = {"budget_s": args.budget, "datasets": {},
+                               "variants": {k: " ".join(v) for k, v in variants.items()},
+                               "load_before": os.getloadavg()}
+    for i, name in enumerate(args.datasets.split(",")):
         data = data_arg(args.suite, name) if args.suite else name
-        row: dict[str, Any] = {"ours": ours(data, args.budget, work / f"{name}-ours")}
+        row: dict[str, Any] = {}
+        order = list(variants) if i % 2 == 0 else list(variants)[::-1]  # alternate who goes first
+        for vname in order:
+            row[vname] = ours(data, args.budget, work / f"{name}-{vname}", variants[vname])
         if args.previous_src:
             row["previous"] = previous(data, args.previous_src, work / f"{name}-previous")
-        row["smp"] = smp_reference(data, row["ours"]["seconds"], work / f"{name}-smp")
+        if not args.no_smp:
+            first = row[next(iter(variants))]
+            row["smp"] = smp_reference(data, first["seconds"], work / f"{name}-smp", args.smp_encoder)
         results["datasets"][name] = row
         print(name, json.dumps({k: {kk: v.get(kk) for kk in ("rc", "miou", "seconds", "peak_mb", "steps")}
                                 for k, v in row.items()}), flush=True)
@@ -182,6 +213,7 @@ def main() -> None:
     from unetkit.bench import machine_info
 
     results["machine"] = machine_info("cpu")
+    results["load_after"] = os.getloadavg()
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1) + "\n")

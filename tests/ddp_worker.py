@@ -18,7 +18,7 @@ import torch
 from unetkit.train import TrainConfig, Trainer
 from unetkit.train.distributed import cleanup_distributed
 
-TINY = dict(data="shapes", base_channels=4, depth=3, batch_size=2, samples=1, boundary_f1=False,
+TINY = dict(data="shapes", base_channels=4, depth=3, batch_size=2, samples=1, boundary_f1=False, val_every=1,
             data_options={"size": 32, "num_samples": 12, "val_samples": 5})
 
 

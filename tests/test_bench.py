@@ -161,6 +161,26 @@ def test_compare_smp_ratios_and_compile(tmp_path):
     assert isinstance(rep["goals"]["train_per_flop_vs_smp"]["met"], bool)
 
 
+def test_decoders_are_timed_with_the_others_and_compared_with_smp(capsys):
+    pytest.importorskip("segmentation_models_pytorch")
+    rep = run_bench(**{**TINY, "iters": 1, "warmup": 0}, phases=("train",), channels_last="off",
+                    compare="smp", smp_encoder="resnet18", decoders=("mirror", (8, 8, 4, 4)))
+    assert list(rep["models"]) == ["unetkit", "unetkit[mirror]", "unetkit[8,8,4,4]", "smp"]
+    assert rep["config"]["decoders"] == ["unetkit[mirror]", "unetkit[8,8,4,4]"]
+    assert rep["models"]["unetkit[8,8,4,4]"]["params"] == sum(
+        p.numel() for p in UNet(base_channels=4, decoder_channels=(8, 8, 4, 4)).parameters())
+    best = rep["best"]
+    for key in ("unetkit[mirror]", "unetkit[8,8,4,4]"):
+        assert rep["ratios"][f"{key}/train_images_per_s"] == pytest.approx(
+            best[key]["train"]["images_per_s"] / best["smp"]["train"]["images_per_s"])
+        assert rep["ratios"][f"{key}/train_images_per_s_paired"] == pytest.approx(
+            best["smp"]["train"]["times_s"][0] / best[key]["train"]["times_s"][0])
+    assert rep["goals"]["train_images_per_s_vs_smp"]["value"] == rep["ratios"]["train_images_per_s"]
+    assert "ratio unetkit[8,8,4,4]/smp train_per_flop:" in format_report(rep)
+    assert main(["bench", "--decoders", "wide", "--quiet"]) == 2
+    assert "--decoders" in capsys.readouterr().err
+
+
 def test_compiled_variant_reports_compile_time():
     # A graph inductor compiles quickly: two stages, no norm layers, channels_last (no layout copies).
     config = UNetConfig(encoder="plain", base_channels=2, depth=2, norm="none")

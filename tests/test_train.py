@@ -155,7 +155,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
 
 
 def test_amp_policy():
-    assert resolve_amp("auto", torch.device("cpu")) is None  # never bf16 on a CPU unless asked
+    assert resolve_amp("auto", torch.device("cpu")) is None  # the session says no native bf16 (conftest.py)
     assert resolve_amp("bf16", torch.device("cpu")) is torch.bfloat16
     with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
         resolve_amp("fp16", torch.device("cpu"))

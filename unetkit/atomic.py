@@ -102,7 +102,7 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
 
 #: Files and folders a training run writes into its run directory (``--overwrite`` removes only these).
 RUN_FILES = ("config.yaml", "plan.yaml", "metrics.csv", "curves.png", "last.pt", "best.pt", "report.html",
-             "metrics.json", "samples", "tensorboard")
+             "metrics.json", "per_case.csv", "samples", "tensorboard")
 LOCK_NAME = ".unetkit.lock"
 
 

@@ -30,6 +30,7 @@ import torch
 
 from .atomic import atomic_write
 from .data.preprocess import Normalization
+from .data.volumes import VolumeSettings
 from .models import UNet
 
 
@@ -79,6 +80,7 @@ class DataInfo:
     ignore_index: int = 255
     clip: tuple[tuple[float, float], ...] | None = None
     patch_size: tuple[int, int] | None = None
+    volume: VolumeSettings | None = None  # models trained on volumes: how scans become slices
 
     @classmethod
     def from_dataset(cls, ds: Any, patch_size: tuple[int, int] | None = None) -> DataInfo:
@@ -86,7 +88,8 @@ class DataInfo:
         norm = ds.normalization
         return cls(ds.num_classes, ds.in_channels, list(ds.class_names), [tuple(c) for c in ds.class_colors],
                    norm.mean, norm.std, ds.ignore_index, norm.clip,
-                   None if patch_size is None else (int(patch_size[0]), int(patch_size[1])))
+                   None if patch_size is None else (int(patch_size[0]), int(patch_size[1])),
+                   getattr(ds, "settings", None))
 
     @property
     def normalization(self) -> Normalization:
@@ -98,17 +101,19 @@ class DataInfo:
                 "class_names": list(self.class_names), "class_colors": [list(c) for c in self.class_colors],
                 "mean": list(self.mean), "std": list(self.std), "ignore_index": self.ignore_index,
                 "clip": None if self.clip is None else [list(c) for c in self.clip],
-                "patch_size": None if self.patch_size is None else list(self.patch_size)}
+                "patch_size": None if self.patch_size is None else list(self.patch_size),
+                "volume": None if self.volume is None else self.volume.to_dict()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DataInfo:
-        clip, patch = d.get("clip"), d.get("patch_size")
+        clip, patch, volume = d.get("clip"), d.get("patch_size"), d.get("volume")
         return cls(int(d["num_classes"]), int(d["in_channels"]), list(d["class_names"]),
                    [tuple(int(v) for v in c) for c in d["class_colors"]],
                    tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"]),
                    int(d.get("ignore_index", 255)),
                    None if clip is None else tuple((float(lo), float(hi)) for lo, hi in clip),
-                   None if patch is None else (int(patch[0]), int(patch[1])))
+                   None if patch is None else (int(patch[0]), int(patch[1])),
+                   None if volume is None else VolumeSettings.from_dict(volume))
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[UNet, DataInfo, dict[str, Any]]:
@@ -143,8 +148,14 @@ def checkpoint_datasets(ckpt: dict[str, Any], data: str | None = None) -> tuple[
                               "pass --data DIR|NAME")
     same = data is None or data == cfg.get("data")
     options = dict(cfg.get("data_options") or {}) if same else {}
+    if info.volume is not None:  # slice the scans as the model was trained
+        options.update(context=info.volume.context, slice_axis=info.volume.slice_axis,
+                       spacing=info.volume.spacing or "native")
+        if info.volume.slice_axis is None:
+            options.pop("slice_axis")
     train, val = get_datasets(name, mean=info.mean, std=info.std, num_classes=info.num_classes,
-                              in_channels=info.in_channels, ignore_index=info.ignore_index,
+                              in_channels=None if info.volume else info.in_channels,
+                              ignore_index=info.ignore_index,
                               seed=int(cfg.get("seed", 0)), val_fraction=float(cfg.get("val_fraction", 0.2)),
                               **options)
     for ds in (train, val):

@@ -54,6 +54,7 @@ class EvalResult:
     images: int = 0  # images scored
     pixels: int = 0  # pixels scored (every labelled pixel, ignore_index excluded)
     kept: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)  # sample -> predicted labels
+    per_case: dict[str, Any] | None = None  # volumes: PerCaseMetrics.compute() (Dice, IoU, HD95, NSD per case)
 
     @property
     def mean_boundary_f1(self) -> float:
@@ -74,6 +75,8 @@ class EvalResult:
                "loss": _num(self.loss) if self.loss is not None else None,
                "per_class": per_class, "confusion_matrix": self.confusion_matrix,
                "images": self.images, "pixels": self.pixels}
+        if self.per_case is not None:
+            out["per_case"] = _clean(self.per_case)
         return out
 
     def table(self) -> str:
@@ -89,7 +92,42 @@ class EvalResult:
         lines.append("-" * len(head))
         lines.append(f"{'mean':<{w}}  {_fmt(self.miou)}  {_fmt(self.mdice)}  {_fmt(self.mean_boundary_f1)}")
         lines.append(f"pixel accuracy {self.pixel_accuracy:.4f}" + (f"   loss {self.loss:.4f}" if self.loss else ""))
+        if self.per_case is not None:
+            lines += ["", case_table(self.per_case)]
         return "\n".join(lines)
+
+
+def case_table(per_case: dict[str, Any]) -> str:
+    """Per-case means over classes (Dice, IoU, HD95 mm, NSD), one line per case, then the means over cases."""
+    head = f"{'case':<16}  {'Dice':>7}  {'IoU':>7}  {'HD95 mm':>8}  {'NSD':>7}"
+    lines = [f"per case ({per_case['num_cases']} case(s); means over classes present; NSD at "
+             f"{per_case.get('tolerance_mm', 1.0):g} mm)", head, "-" * len(head)]
+
+    def row(name: str, m: dict[str, Any]) -> str:
+        vals = [_mean_of(m[k], finite=k == "hd95") for k in ("dice", "iou", "hd95", "nsd")]
+        return (f"{name[:16]:<16}  {_fmt(vals[0])}  {_fmt(vals[1])}  {_fmt(vals[2]).rjust(8)}  {_fmt(vals[3])}")
+
+    for case in per_case["cases"]:
+        lines.append(row(case["case"], case))
+    lines.append("-" * len(head))
+    lines.append(row("mean", per_case["mean"]))
+    return "\n".join(lines)
+
+
+def _mean_of(values: Sequence[float], finite: bool) -> float:
+    vals = [v for v in values if not math.isnan(v) and (math.isfinite(v) or not finite)]
+    return sum(vals) / len(vals) if vals else math.nan
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe: NaN -> None, inf -> "inf"."""
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, float):
+        return None if math.isnan(obj) else ("inf" if math.isinf(obj) else round(obj, 6))
+    return obj
 
 
 def _num(v: float) -> float | None:
@@ -114,17 +152,21 @@ def evaluate(model: nn.Module, dataset: Dataset, *, num_classes: int, ignore_ind
              device: torch.device | str | None = None, num_workers: int = 0,
              class_names: Sequence[str] = (), autocast_dtype: torch.dtype | None = None,
              tile_size: int | tuple[int, int] | None = None,
-             pad_value: float | torch.Tensor | None = None, keep: Sequence[int] = ()) -> EvalResult:
+             pad_value: float | torch.Tensor | None = None, keep: Sequence[int] = (),
+             tolerance_mm: float = 1.0) -> EvalResult:
     """Evaluate ``model`` on every sample of ``dataset`` (split across ranks under DDP), whole images.
 
     Images of any size are scored at their native resolution: with ``tile_size`` (the training patch
     size) through Gaussian-blended sliding windows where an image is larger, padded with ``pad_value``
     (default: the dataset's normalised black, as training pads) where it is smaller; consecutive images
     of one size are batched. Metrics are dataset-level (one confusion matrix over every pixel).
-    ``boundary=True`` adds per-class Boundary F1 (CPU work, meant for final reports, not every epoch).
+    ``boundary=True`` adds per-class Boundary F1 (CPU work, meant for final reports, not every epoch), and
+    for a volume dataset (:class:`unetkit.data.volumes.VolumeSliceDataset`) per-case Dice, IoU, HD95 and
+    normalised surface Dice at ``tolerance_mm`` on each case's slice grid (``EvalResult.per_case``).
     The loss, when ``loss_fn`` is given, is the mean over samples. The predicted labels of the samples
     in ``keep`` (those this rank evaluates) come back in ``EvalResult.kept``, e.g. for sample pictures
-    without a second prediction.
+    without a second prediction. ``autocast_dtype`` (from :func:`unetkit.device.resolve_amp`) applies to the
+    model's forward passes only: the logits, the loss and the metrics are float32.
     """
     from .infer import predict
     from .models.outputs import logits_to_labels
@@ -133,8 +175,20 @@ def evaluate(model: nn.Module, dataset: Dataset, *, num_classes: int, ignore_ind
     rank, world = _distributed()
     if pad_value is None and getattr(dataset, "normalization", None) is not None:
         pad_value = dataset.normalization.pad_value()  # type: ignore[union-attr]
-    loader = DataLoader(_Indexed(dataset), batch_size=None, sampler=ShardSampler(len(dataset), rank, world),
+    cases = getattr(dataset, "cases", None) if boundary else None  # volumes: per-case metrics in final reports
+    if cases is not None:  # whole cases per rank, so each rank can score its cases
+        sampler: Sampler[int] = _CaseSampler(dataset, rank, world)
+    else:
+        sampler = ShardSampler(len(dataset), rank, world)
+    loader = DataLoader(_Indexed(dataset), batch_size=None, sampler=sampler,
                         num_workers=num_workers, pin_memory=device.type == "cuda")
+    per_case = None
+    open_cases: dict[int, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
+    if cases is not None:
+        from .metrics.surface import PerCaseMetrics
+
+        per_case = PerCaseMetrics(num_classes, tolerance_mm=tolerance_mm, ignore_index=ignore_index,
+                                  class_names=list(class_names) or None)
     wanted = set(keep)
     kept: dict[int, torch.Tensor] = {}
     was_training = model.training
@@ -147,18 +201,20 @@ def evaluate(model: nn.Module, dataset: Dataset, *, num_classes: int, ignore_ind
     def score(indices: list[int], images: list[torch.Tensor], masks: list[torch.Tensor]) -> None:
         x = torch.stack(images).to(device, non_blocking=True)
         y = torch.stack(masks).to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits = predict(model, x, tile_size=tile_size, output="logits", batch_size=batch_size,
-                             pad_value=pad_value)
+        logits = predict(model, x, tile_size=tile_size, output="logits", batch_size=batch_size,
+                         pad_value=pad_value, autocast_dtype=autocast_dtype)  # float32 logits
         metrics.update(logits, y)
         if loss_fn is not None:
             loss_mean.update(loss_fn(logits, y).detach(), weight=x.shape[0])
         if bf1 is not None:
             bf1.update(logits, y)
         images_seen.update(0.0, weight=x.shape[0])
+        labels = logits_to_labels(logits).cpu() if wanted or per_case is not None else None
         for j, i in enumerate(indices):
             if i in wanted:
-                kept[i] = logits_to_labels(logits[j:j + 1])[0].cpu()
+                kept[i] = labels[j]
+            if per_case is not None:
+                _collect(per_case, dataset, open_cases, i, labels[j], masks[j])
 
     group: tuple[list[int], list[torch.Tensor], list[torch.Tensor]] = ([], [], [])
     for index, image, mask in loader:
@@ -171,6 +227,10 @@ def evaluate(model: nn.Module, dataset: Dataset, *, num_classes: int, ignore_ind
     if group[0]:
         score(*group)
     model.train(was_training)
+    case_result = None
+    if per_case is not None:
+        case_result = _gather_cases(per_case)
+        case_result["tolerance_mm"] = tolerance_mm
     for metric in (metrics, loss_mean, images_seen, bf1):
         if metric is not None:
             metric.sync()
@@ -184,8 +244,48 @@ def evaluate(model: nn.Module, dataset: Dataset, *, num_classes: int, ignore_ind
         confusion_matrix=cm.tolist(), loss=loss,
         boundary_f1=[float(v) for v in bf1.compute()] if bf1 is not None else None,
         class_names=list(class_names), images=int(images_seen.state("weight").item()), pixels=int(cm.sum()),
-        kept=kept,
+        kept=kept, per_case=case_result,
     )
+
+
+def _collect(per_case: Any, dataset: Any, open_cases: dict[int, dict[int, tuple[torch.Tensor, torch.Tensor]]],
+             index: int, labels: torch.Tensor, truth: torch.Tensor) -> None:
+    """Keep slice ``index``'s prediction; once its case is complete, score the case and free its slices."""
+    c = dataset.case_of[index]
+    slices = open_cases.setdefault(c, {})
+    slices[dataset.slice_of[index]] = (labels, truth.cpu())
+    case = dataset.cases[c]
+    if len(slices) == case.shape[0]:
+        pred = torch.stack([slices[s][0] for s in range(case.shape[0])]).numpy()
+        true = torch.stack([slices[s][1] for s in range(case.shape[0])]).numpy()
+        per_case.update(case.name, pred, true, case.spacing)
+        del open_cases[c]
+
+
+def _gather_cases(per_case: Any) -> dict[str, Any]:
+    """``per_case.compute()`` over every rank's cases (each rank scored whole cases of its own)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        mine = list(per_case._cases)
+        everyone: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, mine)
+        per_case.reset()
+        per_case._cases.extend(sorted((c for part in everyone for c in part), key=lambda c: c[0]))
+    return per_case.compute()
+
+
+class _CaseSampler(Sampler[int]):
+    """The slices of cases ``rank, rank + world, ...``, in order: every case whole on exactly one rank."""
+
+    def __init__(self, dataset: Any, rank: int, world: int) -> None:
+        self.indices = [i for c in range(rank, len(dataset.cases), world) for i in dataset.case_slices(c)]
+
+    def __iter__(self):  # noqa: ANN204 - Sampler protocol
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
 
 
 class _Indexed(Dataset):

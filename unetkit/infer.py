@@ -138,7 +138,8 @@ def _run(model: Model, x: torch.Tensor) -> torch.Tensor:
 
 def predict(model: Model, image: torch.Tensor, tile_size: int | tuple[int, int] | None = None,
             overlap: float = 0.5, tta: bool = False, output: str = "labels", batch_size: int = 4,
-            align: int | None = None, pad_value: float | torch.Tensor | None = None) -> torch.Tensor:
+            align: int | None = None, pad_value: float | torch.Tensor | None = None,
+            autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Segment a normalised image ``(C, H, W)`` or batch ``(N, C, H, W)`` at its full size.
 
     * ``tile_size=None`` or an image no larger than the tile: one forward pass on the whole image.
@@ -153,6 +154,9 @@ def predict(model: Model, image: torch.Tensor, tile_size: int | tuple[int, int] 
     * ``output``: ``"labels"`` (int64 ``(H, W)`` / ``(N, H, W)``: argmax, or ``p > 0.5`` for a one-channel
       model), ``"probs"`` (float32 ``(C, H, W)`` / ``(N, C, H, W)``: softmax, or sigmoid for one channel) or
       ``"logits"`` (float32, blended logits; what the evaluation's loss needs).
+    * ``autocast_dtype`` (e.g. ``unetkit.device.resolve_amp("auto", device)``): the model's forward passes
+      run under ``torch.autocast`` with it; its outputs are cast to float32 before softmax, blending and
+      argmax, so only the network runs in reduced precision. ``None``: fp32. Ignored for an ONNX model.
 
     Runs under ``torch.inference_mode()`` on the model's device (CPU, CUDA, or ONNX Runtime for an
     :class:`OnnxModel`); the result is on ``image``'s device. A module in training mode is switched to
@@ -181,9 +185,12 @@ def predict(model: Model, image: torch.Tensor, tile_size: int | tuple[int, int] 
         batch = _pad_to(batch, want, 0.0 if pad_value is None else pad_value)
     was_training = bool(getattr(model, "training", False))
     model.eval()
+    net: Any = model
+    if autocast_dtype is not None and isinstance(model, torch.nn.Module):
+        net = _Autocast(model, device.type, autocast_dtype)
     try:
         with torch.inference_mode():
-            scores = _predict_scores(model, batch.float(), tile, overlap, tta, batch_size, device,
+            scores = _predict_scores(net, batch.float(), tile, overlap, tta, batch_size, device,
                                      stride if align is None else align, output != "logits")
     finally:
         if was_training and hasattr(model, "train"):
@@ -191,6 +198,20 @@ def predict(model: Model, image: torch.Tensor, tile_size: int | tuple[int, int] 
     scores = scores[..., :h, :w]
     result = probs_to_labels(scores) if output == "labels" else scores
     return result[0] if single else result
+
+
+class _Autocast:
+    """``model(x)`` under ``torch.autocast(device_type, dtype)``, the output cast back to float32."""
+
+    def __init__(self, model: torch.nn.Module, device_type: str, dtype: torch.dtype) -> None:
+        self.model, self.device_type, self.dtype = model, device_type, dtype
+
+    def __call__(self, x: torch.Tensor) -> Any:
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            out = self.model(x)
+        if isinstance(out, (list, tuple)):
+            return type(out)(o.float() for o in out)
+        return out.float()
 
 
 def _pad_to(batch: torch.Tensor, size: tuple[int, int], value: float | torch.Tensor) -> torch.Tensor:

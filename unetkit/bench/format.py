@@ -52,7 +52,8 @@ def format_report(report: dict[str, Any], markdown: bool = False) -> str:
                      _fmt(r["compile_s"])))
     lines += ["", table(header, rows, markdown), ""]
     for k, v in report["ratios"].items():
-        lines.append(f"ratio unetkit/smp {k}: {v:.3f}")
+        model, _, what = k.rpartition("/")
+        lines.append(f"ratio {model or 'unetkit'}/smp {what}: {v:.3f}")
     for k, g in report["goals"].items():
         state = "n/a" if g["met"] is None else ("met" if g["met"] else "NOT met")
         lines.append(f"goal {k} >= {g['target']}: {_fmt(g['value'], '.3f')} ({state})")

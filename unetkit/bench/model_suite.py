@@ -37,8 +37,9 @@ from .machine import keep_freed_memory, machine_info
 from .peak import PeakProbe
 from .profile import profile_top_ops
 
-#: The performance goals of the benchmark issue (fractions of the fp32 matmul peak, ratio to smp).
-GOALS = {"train_per_flop_vs_smp": 1.2, "train_frac_peak": 0.85, "infer_b1_frac_peak": 0.95}
+#: The performance goals of the benchmark issues (fractions of the fp32 matmul peak, ratios to smp).
+GOALS = {"train_per_flop_vs_smp": 1.2, "train_images_per_s_vs_smp": 1.0, "train_frac_peak": 0.85,
+         "infer_b1_frac_peak": 0.95}
 
 #: Config fields the report lists on their own rather than among ``model_options``.
 _OWN_KEYS = ("encoder", "num_classes", "in_channels")
@@ -70,10 +71,16 @@ def model_options(config: UNetConfig) -> dict[str, Any]:
             if f.name not in _OWN_KEYS and getattr(config, f.name) != getattr(defaults, f.name)}
 
 
+def decoder_label(spec: str | Sequence[int] | None) -> str:
+    """The report key of our model with ``decoder_channels=spec``: ``unetkit[mirror]``, ``unetkit[128,64]``."""
+    text = spec if isinstance(spec, str) or spec is None else ",".join(str(int(c)) for c in spec)
+    return f"unetkit[{text}]"
+
+
 def run_bench(config: UNetConfig | None = None, size: int = 256, batch: int = 4, iters: int = 5,
               warmup: int = 1, channels_last: str = "both", compile: str | bool = "off",
               fuse: str | bool = "on", compare: str | None = None, device: str | torch.device = "cpu",
-              infer_batch: int = 8,
+              infer_batch: int = 8, decoders: Sequence[str | Sequence[int]] = (),
               phases: Sequence[str] = PHASES, smp_encoder: str | None = None, profile: bool = False,
               compile_mode: str | None = None, peak_n: int | None = None, keep_freed: bool = False,
               seed: int = 0, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -90,6 +97,9 @@ def run_bench(config: UNetConfig | None = None, size: int = 256, batch: int = 4,
         compare: ``None`` or ``"smp"``: add segmentation_models.pytorch's Unet with the same encoder
             (``smp_encoder`` overrides; encoders smp lacks, e.g. ``plain``, compare with ``vgg16``).
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (:func:`unetkit.device.resolve_device`).
+        decoders: more of our models, ``config`` with each of these ``decoder_channels`` (``"auto"``,
+            ``"mirror"`` or widths), timed in the same rounds; reported as ``unetkit[<spec>]``, with ratios
+            to smp prefixed by that key (``"unetkit[mirror]/train_images_per_s"``).
         phases: any of ``"train"``, ``"infer1"`` (batch-1 latency), ``"inferN"`` (``infer_batch`` throughput).
         profile: add the top operators of one step per model and phase (``torch.profiler``).
         peak_n: side of the peak-sampling matmul (default 2048 on CPU, 8192 on GPU).
@@ -113,6 +123,11 @@ def run_bench(config: UNetConfig | None = None, size: int = 256, batch: int = 4,
     bases: dict[str, nn.Module] = {"unetkit": UNet(config).to(dev)}
     names = {"unetkit": f"unetkit UNet(encoder={config.encoder!r}"
                         + "".join(f", {k}={v!r}" for k, v in options.items()) + ")"}
+    for spec in decoders:
+        key = decoder_label(spec)
+        bases[key] = UNet(config.replace(decoder_channels=spec)).to(dev)
+        names[key] = (f"unetkit UNet(encoder={config.encoder!r}, decoder_channels="
+                      f"{list(bases[key].config.decoder_channels)})")
     if compare == "smp":
         smp_enc = smp_encoder or smp_encoder_for(config.encoder)
         bases["smp"] = build_smp(smp_enc, num_classes, in_channels).to(dev)
@@ -131,6 +146,7 @@ def run_bench(config: UNetConfig | None = None, size: int = 256, batch: int = 4,
                    "channels_last": channels_last, "compile": compile, "compile_mode": compile_mode,
                    "fuse": fuse, "compare": compare, "device": str(dev), "phases": list(phases),
                    "model_options": options, "model": bases["unetkit"].config.to_dict(),
+                   "decoders": [decoder_label(s) for s in decoders],
                    "optimizer": "SGD(lr=1e-3, momentum=0.9)", "loss": "cross_entropy", "dtype": "float32",
                    "keep_freed_memory": keep_freed},
         "machine": machine_info(dev),
@@ -222,20 +238,27 @@ def _ratios(report: dict[str, Any]) -> dict[str, float]:
     ``*_per_flop`` uses the medians; ``*_per_flop_paired`` is the median over rounds of the ratio within each
     round (both measured back to back); ``*_per_flop_min`` uses each variant's fastest round. On a quiet
     machine the three agree; when they differ the machine was busy and the paired figure is the fairest.
+    ``*_images_per_s`` and ``*_images_per_s_paired`` are the same per image. Models of ``decoders`` get the
+    same ratios, their keys prefixed by the model's (``"unetkit[mirror]/train_per_flop"``).
     """
     best = report["best"]
     if "smp" not in best:
         return {}
     out = {}
-    for phase in best["unetkit"]:
-        if phase in best["smp"]:
-            a, b = best["unetkit"][phase], best["smp"][phase]
-            flop_ratio = a["flops_per_step"] / b["flops_per_step"]  # same batch for both
-            out[f"{phase}_per_flop"] = a["gflops"] / b["gflops"]
-            out[f"{phase}_per_flop_paired"] = median([tb / ta * flop_ratio
-                                                      for ta, tb in zip(a["times_s"], b["times_s"])])
-            out[f"{phase}_per_flop_min"] = b["min_s"] / a["min_s"] * flop_ratio
-            out[f"{phase}_images_per_s"] = a["images_per_s"] / b["images_per_s"]
+    for model in best:
+        if model == "smp":
+            continue
+        prefix = "" if model == "unetkit" else f"{model}/"
+        for phase in best[model]:
+            if phase in best["smp"]:
+                a, b = best[model][phase], best["smp"][phase]
+                flop_ratio = a["flops_per_step"] / b["flops_per_step"]  # same batch for both
+                paired = median([tb / ta for ta, tb in zip(a["times_s"], b["times_s"])])
+                out[f"{prefix}{phase}_per_flop"] = a["gflops"] / b["gflops"]
+                out[f"{prefix}{phase}_per_flop_paired"] = paired * flop_ratio
+                out[f"{prefix}{phase}_per_flop_min"] = b["min_s"] / a["min_s"] * flop_ratio
+                out[f"{prefix}{phase}_images_per_s"] = a["images_per_s"] / b["images_per_s"]
+                out[f"{prefix}{phase}_images_per_s_paired"] = paired
     return out
 
 
@@ -243,6 +266,7 @@ def _goals(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Each of :data:`GOALS` with its measured value and whether it is met (``None``: not measured)."""
     best = report["best"]["unetkit"]
     values = {"train_per_flop_vs_smp": report["ratios"].get("train_per_flop"),
+              "train_images_per_s_vs_smp": report["ratios"].get("train_images_per_s"),
               "train_frac_peak": best.get("train", {}).get("frac_peak"),
               "infer_b1_frac_peak": best.get("infer1", {}).get("frac_peak")}
     return {k: {"target": GOALS[k], "value": v, "met": None if v is None else bool(v >= GOALS[k])}

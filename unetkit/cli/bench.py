@@ -63,6 +63,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="fold conv+BN for inference (applied alike to every compared model)")
     p.add_argument("--compare", choices=("smp",), default=None,
                    help="also measure segmentation_models.pytorch's Unet with the same encoder")
+    p.add_argument("--decoders", nargs="+", default=(), metavar="SPEC",
+                   help="also time our model with these decoder widths in the same rounds: auto, mirror or "
+                        "comma-separated widths, e.g. --decoders mirror 256,128,64,32")
     p.add_argument("--smp-encoder", default=None,
                    help="smp encoder to compare with (None: the same name when smp has it, else vgg16)")
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
@@ -106,6 +109,19 @@ def _check(args: argparse.Namespace) -> tuple[list[str], UNetConfig, torch.devic
     return phases, config, device
 
 
+def _decoders(args: argparse.Namespace, config: UNetConfig) -> list[str | tuple[int, ...]]:
+    """``--decoders``: each ``auto``, ``mirror`` or comma-separated widths, checked as the model checks them."""
+    specs: list[str | tuple[int, ...]] = []
+    for text in args.decoders:
+        parts = [t for t in text.replace(" ", ",").split(",") if t]
+        spec = parts if len(parts) > 1 or (parts and parts[0].isdigit()) else text
+        try:
+            specs.append(config.replace(decoder_channels=spec).decoder_channels)
+        except ValueError as e:
+            raise CLIError(f"--decoders: {e}") from e
+    return specs
+
+
 def _encoder_known(name: str) -> None:
     from ..models.encoders import encoder_names
 
@@ -136,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import bench
 
     phases, config, device = _check(args)
+    decoders = _decoders(args, config)
     progress = _progress(args)
     with bench.num_threads(args.threads):
         if args.suite == "metrics":
@@ -155,7 +172,8 @@ def run(args: argparse.Namespace) -> int:
             report = bench.run_bench(
                 config, size=args.size, batch=args.batch, iters=args.iters, warmup=args.warmup,
                 channels_last=args.channels_last, compile=args.compile, fuse=args.fuse, compare=args.compare,
-                device=device, infer_batch=args.infer_batch, phases=phases, smp_encoder=args.smp_encoder,
+                device=device, infer_batch=args.infer_batch, decoders=decoders, phases=phases,
+                smp_encoder=args.smp_encoder,
                 profile=args.profile, compile_mode=args.compile_mode, keep_freed=args.malloc == "keep",
                 progress=progress)
             text = bench.format_report(report, args.markdown)

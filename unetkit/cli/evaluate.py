@@ -25,6 +25,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", metavar="OUT.json", help="also write the metrics as JSON")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="auto",
+                   help="autocast of the forward passes (logits and metrics stay fp32): auto (bf16/fp16 on CUDA, "
+                        "bf16 on a CPU that runs it natively, else fp32; as training decides), off (fp32), bf16, "
+                        "fp16 (CUDA)")
     p.add_argument("--no-boundary-f1", dest="boundary", action="store_false", help="skip Boundary F1")
     p.set_defaults(func=run)
 
@@ -49,14 +53,25 @@ def dataset_for(ckpt: dict[str, Any], data: str | None, split: str) -> Any:
     """The split of ``data`` (default: the training data), preprocessed as the checkpoint was trained."""
     from ..checkpoint import DataInfo, checkpoint_datasets
     from ..data import BUILTIN_DATASETS, FolderDataset
+    from ..data.volumes import VolumeSliceDataset, is_volume_folder, scan_volumes
 
     if split == "all":
         name = data or (ckpt.get("config") or {}).get("data")
         if name is None or name.lower() in BUILTIN_DATASETS:
             raise CLIError("--split all: built-in datasets have fixed splits; use --split val or train")
         info = DataInfo.from_dict(ckpt["data"])
-        ds = FolderDataset(name, split="all", num_classes=info.num_classes, in_channels=info.in_channels,
-                           ignore_index=info.ignore_index, val_fraction=0.0)
+        if is_volume_folder(name):
+            if info.volume is None:
+                raise CLIError(f"{name}: a volume folder, but the model was trained on 2D images; evaluate it with "
+                               "a model trained on volumes")
+            v = info.volume
+            scan = scan_volumes(name, num_classes=info.num_classes, ignore_index=info.ignore_index,
+                                val_fraction=0.0, context=v.context, slice_axis=v.slice_axis,
+                                spacing=v.spacing or "native")
+            ds = VolumeSliceDataset(scan, "all")
+        else:
+            ds = FolderDataset(name, split="all", num_classes=info.num_classes, in_channels=info.in_channels,
+                               ignore_index=info.ignore_index, val_fraction=0.0)
         ds.set_normalization(info.normalization)
         return ds
     train, val = checkpoint_datasets(ckpt, data)
@@ -68,11 +83,9 @@ def dataset_for(ckpt: dict[str, Any], data: str | None, split: str) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from ..atomic import atomic_write, check_writable
     from ..checkpoint import load_model
-    from ..device import resolve_device
+    from ..device import describe_amp, resolve_amp, resolve_device
     from ..evaluate import evaluate
 
     if args.batch_size < 1:
@@ -80,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         check_writable(args.json, "--json")  # before the evaluation, not after it
     device = resolve_device(args.device)
+    amp = resolve_amp(args.amp, device)  # before the model loads: a bad --amp fails at once
     model, info, ckpt = load_model(args.checkpoint, device)
     split = args.split or default_split(ckpt, args.data)
     ds = dataset_for(ckpt, args.data, split)
@@ -88,8 +102,11 @@ def run(args: argparse.Namespace) -> int:
                       boundary=args.boundary, batch_size=args.batch_size, device=device,
                       class_names=info.class_names, tile_size=info.patch_size,
                       pad_value=info.normalization.pad_value(),
-                      autocast_dtype=torch.bfloat16 if device.type == "cuda" else None)
-    print(f"{ckpt['path']} on {data} ({split}): scored {result.images} images, {result.pixels:,} pixels")
+                      autocast_dtype=amp)
+    scored = (f"{len(ds.cases)} volumes ({result.images} slices)" if hasattr(ds, "cases")
+              else f"{result.images} images")
+    print(f"{ckpt['path']} on {data} ({split}): scored {scored}, {result.pixels:,} pixels "
+          f"({describe_amp(args.amp, amp, device)})")
     print(result.table())
     if args.json:
         atomic_write(Path(args.json), lambda tmp: tmp.write_text(json.dumps(result.to_json(), indent=2)))

@@ -52,8 +52,10 @@ def add_field(group: argparse._ActionsContainer, f: dataclasses.Field, hint: Any
     if origin in (tuple, list):
         item = typing.get_args(base)[0]
         n = len(typing.get_args(base)) if origin is tuple and Ellipsis not in typing.get_args(base) else None
-        nargs = "+" if n is None or f.name == "patch_size" else n
+        nargs = "+" if n is None or f.name in ("patch_size", "spacing") else n
         metavar = f.name.upper() if nargs == "+" else tuple(f"{f.name.upper()}{i + 1}" for i in range(n))
+        if str in args:  # numbers or one word (--decoder-channels mirror); the config checks which
+            item = _number_or_word(item)
         group.add_argument(flag(f.name), type=item, nargs=nargs, metavar=metavar, **kw)
         return
     # "none" means None only where None is a value (e.g. --attention none); --norm none stays the string.
@@ -65,6 +67,17 @@ def add_field(group: argparse._ActionsContainer, f: dataclasses.Field, hint: Any
     else:
         kw["metavar"] = f.name.upper()
     group.add_argument(flag(f.name), type=kind, **kw)
+
+
+def _number_or_word(kind: type) -> Any:
+    """An argparse type: ``kind`` of a number, else the word as given."""
+    def convert(value: str) -> Any:
+        try:
+            return kind(value)
+        except ValueError:
+            return value
+    convert.__name__ = kind.__name__
+    return convert
 
 
 class _Choices(list):

@@ -26,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
     import yaml
 
     from ..atomic import atomic_write
+    from ..data.base import describe_split
     from ..device import resolve_device
     from ..train.plan import load_and_plan
 
@@ -34,8 +35,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     device = resolve_device(cfg.device)
     train, val, fp, plan = load_and_plan(cfg, device)
-    print(f"data {cfg.data}: {len(train)} train / {len(val) if val is not None else 0} val images, "
-          f"{train.num_classes} classes\n")
+    print(f"data {cfg.data}: {describe_split(train, val)}, {train.num_classes} classes\n")
     print(fp.summary())
     print(f"\nplan for {device.type.upper()} training:")
     print(plan.table())

@@ -149,6 +149,16 @@ class ArrayDataset(SegmentationDataset):
         return self._images[index], self._masks[index]
 
 
+def describe_split(train: SegmentationDataset, val: SegmentationDataset | None) -> str:
+    """``26 train / 8 val images``, or for volumes ``3 train / 1 val cases (26 / 8 slices)``."""
+    n_val = len(val) if val is not None else 0
+    cases = getattr(train, "cases", None)
+    if cases is not None:
+        v_cases = len(getattr(val, "cases", [])) if val is not None else 0
+        return f"{len(cases)} train / {v_cases} val cases ({len(train)} / {n_val} slices)"
+    return f"{len(train)} train / {n_val} val images"
+
+
 def compute_stats(
     dataset: SegmentationDataset, max_samples: int | None = 512
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -70,6 +70,7 @@ class CTChestVolume:
     Slices run inferior -> superior; rows anterior -> posterior; columns patient right -> left.
     ``ct_ijk_to_lps``/``seg_ijk_to_lps`` are the 4x4 voxel-to-LPS (mm) matrices of the source files,
     ``slice_z`` the superior coordinate (mm) of each slice, ``segment_names`` the names found in the file.
+    ``hu_ijk``/``labels_ijk`` are the same voxels on the CT file's own grid (index order of ``ct_ijk_to_lps``).
     """
 
     hu: np.ndarray
@@ -78,6 +79,8 @@ class CTChestVolume:
     seg_ijk_to_lps: np.ndarray
     slice_z: np.ndarray
     segment_names: tuple[str, ...]
+    hu_ijk: np.ndarray
+    labels_ijk: np.ndarray
 
 
 def data_file(name: str) -> Traversable:
@@ -158,13 +161,14 @@ def load_ct_chest() -> CTChestVolume:
         raise DatasetError(f"slicerio/data/Segmentation.seg.nrrd lacks segment(s) {missing} (found {list(names)}); "
                            "this slicerio version ships different sample data; pin slicerio==1.4")
     collapsed = slicerio.extract_segments(seg, [(n, SEGMENT_TO_CLASS[n]) for n in SEGMENT_PRIORITY])
-    labels = resample_labels(np.asarray(collapsed["voxels"]).astype(np.uint8), seg_m, ct_m, ct.shape)
-    hu = _to_display(np.asarray(ct).astype(np.int16), ct_m)
-    labels = _to_display(labels, ct_m)
+    labels_ijk = resample_labels(np.asarray(collapsed["voxels"]).astype(np.uint8), seg_m, ct_m, ct.shape)
+    hu_ijk = np.asarray(ct).astype(np.int16)
+    hu = _to_display(hu_ijk, ct_m)
+    labels = _to_display(labels_ijk, ct_m)
     slice_axis = int(np.argmax(np.abs(ct_m[2, :3])))
     z = ct_m[2, 3] + ct_m[2, slice_axis] * np.arange(ct.shape[slice_axis])
     return CTChestVolume(hu=hu, labels=labels, ct_ijk_to_lps=ct_m, seg_ijk_to_lps=seg_m,
-                         slice_z=np.sort(z), segment_names=names)
+                         slice_z=np.sort(z), segment_names=names, hu_ijk=hu_ijk, labels_ijk=labels_ijk)
 
 
 def window_hu(hu: np.ndarray, window: tuple[float, float] = CT_CHEST_WINDOW) -> np.ndarray:

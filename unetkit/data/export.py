@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 from pathlib import Path
@@ -11,6 +12,7 @@ import tifffile
 import yaml
 from PIL import Image
 
+from ..atomic import atomic_write
 from .base import SegmentationDataset
 from .classes import IGNORE_COLOR
 from .errors import DatasetError
@@ -65,6 +67,25 @@ def _write_split(ds: SegmentationDataset, img_dir: Path, mask_dir: Path, bit_dep
         save_mask(mask.numpy(), mask_dir / f"{name}.png", pal)
 
 
+def _prepare_out(out: Path, overwrite: bool) -> Path:
+    """Create ``out``; a non-empty one only with ``overwrite``, which removes only what an export writes."""
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"{out} is a file; pass a folder path to export into")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise DatasetError(f"{out} is not empty; choose an empty/new folder or pass overwrite=True")
+        for sub in ("images", "masks", "val"):
+            if (out / sub).is_dir():
+                shutil.rmtree(out / sub)
+            elif (out / sub).exists():
+                (out / sub).unlink()
+        for f in ("classes.yaml", "classes.yml", "classes.txt"):
+            if (out / f).exists():
+                (out / f).unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def export_dataset(
     source: str | os.PathLike | tuple[SegmentationDataset, SegmentationDataset | None],
     out_dir: str | os.PathLike,
@@ -88,24 +109,52 @@ def export_dataset(
         train, val = source
     else:
         train, val = get_datasets(source, mean=(0.0,), std=(1.0,), **options)  # type: ignore[arg-type]
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise DatasetError(f"{out} is a file; pass a folder path to export into")
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise DatasetError(f"{out} is not empty; choose an empty/new folder or pass overwrite=True")
-        for sub in ("images", "masks", "val"):
-            if (out / sub).is_dir():
-                shutil.rmtree(out / sub)
-            elif (out / sub).exists():
-                (out / sub).unlink()
-        for f in ("classes.yaml", "classes.yml", "classes.txt"):
-            if (out / f).exists():
-                (out / f).unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    out = _prepare_out(Path(out_dir), overwrite)
     _write_split(train, out / "images", out / "masks", bit_depth)
     if val is not None:
         _write_split(val, out / "val" / "images", out / "val" / "masks", bit_depth)
     meta = {"names": list(train.class_names), "colors": [list(c) for c in train.class_colors]}
     (out / "classes.yaml").write_text(yaml.safe_dump(meta, sort_keys=False, default_flow_style=None), encoding="utf-8")
+    return out
+
+
+def export_ct_chest_volumes(out_dir: str | os.PathLike, *, cases: int = 4, overwrite: bool = False) -> Path:
+    """Write the embedded chest CT as a volume folder: ``images/`` and ``masks/`` of NIfTI cases.
+
+    The 34-slice scan becomes ``cases`` interleaved volumes (case ``c`` holds axial slices ``c, c + cases,
+    ...``, so every case spans the whole chest at ``cases`` times the slice spacing), each with its true
+    position in scanner space (RAS affine), HU as int16 and labels as uint8. With four cases the default
+    20 % validation split holds one case, and no slice of it is in training: a split by volume exists with
+    nothing downloaded. ``classes.yaml`` names the eight classes.
+    """
+    import nibabel as nib
+
+    from .ct_chest import CT_CHEST_CLASSES, CT_CHEST_COLORS, load_ct_chest
+
+    if cases < 2:
+        raise ValueError(f"cases must be >= 2 so that a split by volume exists, got {cases}")
+    out = _prepare_out(Path(out_dir), overwrite)
+    vol = load_ct_chest()
+    m = vol.ct_ijk_to_lps
+    axis = int(np.argmax(np.abs(m[2, :3])))  # the index axis that runs along superior
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0])
+    (out / "images").mkdir(parents=True)
+    (out / "masks").mkdir(parents=True)
+    for c in range(cases):
+        take = [slice(None)] * 3
+        take[axis] = slice(c, None, cases)
+        affine = m.copy()
+        affine[:3, 3] += c * m[:3, axis]  # the first slice of this case
+        affine[:3, axis] *= cases
+        affine = lps_to_ras @ affine
+        for folder, data in (("images", vol.hu_ijk), ("masks", vol.labels_ijk)):
+            img = nib.Nifti1Image(np.ascontiguousarray(data[tuple(take)]), affine)
+            img.set_qform(affine, code=1)
+            img.set_sform(affine, code=1)
+            path = out / folder / f"ct_chest_{c}.nii.gz"
+            data_bytes = gzip.compress(img.to_bytes(), compresslevel=6)
+            atomic_write(path, lambda tmp, b=data_bytes: tmp.write_bytes(b))
+    meta = {"names": list(CT_CHEST_CLASSES), "colors": [list(col) for col in CT_CHEST_COLORS]}
+    (out / "classes.yaml").write_text(yaml.safe_dump(meta, sort_keys=False, default_flow_style=None),
+                                      encoding="utf-8")
     return out

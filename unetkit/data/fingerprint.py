@@ -41,7 +41,11 @@ class Fingerprint:
     class_pixels: list[int]
     class_images: list[int]  # images in which each class occurs
     ignore_index: int = 255
-    spacing: list[float] | None = None
+    spacing: list[float] | None = None  # volumes: median voxel spacing of the slice grid (slice, row, column)
+    modality: str | None = None  # volumes: "ct" (Hounsfield units) or "other"
+    foreground_percentiles: list[float] | None = None  # of the voxels inside the labels, at PERCENTILES
+    foreground_mean: float | None = None  # of those voxels clipped to their outer percentiles
+    foreground_std: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -76,6 +80,10 @@ class Fingerprint:
             "classes": {n: {"pixel_fraction": round(f, 6), "image_fraction": round(p, 4)}
                         for n, f, p in zip(self.class_names, self.class_frequency, self.class_presence)},
             **({"spacing": self.spacing} if self.spacing is not None else {}),
+            **({"modality": self.modality} if self.modality is not None else {}),
+            **({"foreground_percentiles": _r(self.foreground_percentiles), "foreground_mean":
+                round(float(self.foreground_mean or 0.0), 6), "foreground_std":
+                round(float(self.foreground_std or 0.0), 6)} if self.foreground_percentiles is not None else {}),
         }
 
     def summary(self) -> str:
@@ -94,6 +102,12 @@ class Fingerprint:
         lines.append(f"{'class':<{width}}  pixels    in images")
         for n, f, p in zip(self.class_names, self.class_frequency, self.class_presence):
             lines.append(f"{n:<{width}}  {100 * f:6.2f} %  {100 * p:5.1f} %")
+        if self.spacing is not None:
+            lines.insert(1, "volumes ({}): median voxel spacing {} mm (slice x row x column)".format(
+                self.modality or "?", " x ".join(f"{v:.3g}" for v in self.spacing)))
+        if self.foreground_percentiles is not None:
+            p = self.foreground_percentiles
+            lines.append(f"inside the labels: percentiles 0.5/50/99.5 = {fmt(p[0])}/{fmt(p[1])}/{fmt(p[-1])}")
         return "\n".join(lines)
 
 
@@ -114,6 +128,8 @@ def fingerprint(dataset: SegmentationDataset, samples_per_image: int = 10_000, s
     s2 = np.zeros(c_in)
     count = 0
     samples: list[np.ndarray] = []
+    fg_samples: list[np.ndarray] = []
+    centre = c_in // 2  # the slice itself when 2.5D context channels surround it
     pixels = np.zeros(k, dtype=np.int64)
     images = np.zeros(k, dtype=np.int64)
     sizes: list[tuple[int, int]] = []
@@ -134,6 +150,10 @@ def fingerprint(dataset: SegmentationDataset, samples_per_image: int = 10_000, s
                                                                             replace=False)]
         samples.append(take.astype(np.float32))
         sizes.append((int(mask.shape[0]), int(mask.shape[1])))
+        inside = x[centre][(mask.ravel() > 0) & (mask.ravel() != dataset.ignore_index)]
+        if inside.size:
+            fg_samples.append(inside if inside.size <= samples_per_image else
+                              inside[rng.choice(inside.size, samples_per_image, replace=False)])
         m = mask.ravel().astype(np.int64)
         m = m[(m != dataset.ignore_index) & (m < k)]
         counts = np.bincount(m, minlength=k)
@@ -144,12 +164,25 @@ def fingerprint(dataset: SegmentationDataset, samples_per_image: int = 10_000, s
     pooled = np.concatenate(samples, axis=1)
     pct = np.percentile(pooled, PERCENTILES, axis=1).T  # (C, len(PERCENTILES))
     clipped = np.clip(pooled, pct[:, :1], pct[:, -1:])
+    fg: dict[str, Any] = {}
+    if fg_samples:
+        inside = np.concatenate(fg_samples)
+        fp_pct = np.percentile(inside, PERCENTILES)
+        inside = np.clip(inside, fp_pct[0], fp_pct[-1])
+        fg = {"foreground_percentiles": fp_pct.tolist(), "foreground_mean": float(inside.mean()),
+              "foreground_std": float(inside.std())}
+    volume: dict[str, Any] = {}
+    cases = getattr(dataset, "cases", None)
+    if cases:
+        volume = {"spacing": np.median([c.spacing for c in cases], axis=0).round(4).tolist(),
+                  "modality": getattr(dataset, "modality", None)}
     return Fingerprint(
         name=dataset.name, num_images=n, num_classes=k, in_channels=c_in, class_names=list(dataset.class_names),
         dtype=widest, sizes=sizes, mean=mean.tolist(), std=std.tolist(), minimum=lo.tolist(),
         maximum=hi.tolist(), percentiles=pct.tolist(),
         clipped_mean=clipped.mean(1).tolist(), clipped_std=clipped.std(1).tolist(),
-        class_pixels=pixels.tolist(), class_images=images.tolist(), ignore_index=dataset.ignore_index)
+        class_pixels=pixels.tolist(), class_images=images.tolist(), ignore_index=dataset.ignore_index,
+        **volume, **fg)
 
 
 def _wider(a: str, b: str) -> str:

@@ -153,6 +153,16 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], li
     return sorted(perm[n_val:].tolist()), sorted(perm[:n_val].tolist())
 
 
+def split_items(items: list, val: list | None, val_fraction: float, seed: int) -> tuple[list, list, str]:
+    """``(train, val, source)``: an explicit ``val`` list as it is (source ``"folder"``), else a seeded
+    :func:`split_indices` of ``items`` (``"fraction"``, or ``"none"`` when nothing is held out)."""
+    if val is not None:
+        return items, val, "folder"
+    tr, va = split_indices(len(items), val_fraction, seed)
+    held = [items[i] for i in va]
+    return [items[i] for i in tr], held, "fraction" if held else "none"
+
+
 def _read_pair(pair: _Pair) -> None:
     """Header of the image, full mask; errors name the file and the fix."""
     try:
@@ -273,14 +283,7 @@ def scan_folder(
     it fits :data:`AUTO_CACHE_BYTES`). Raises :class:`DatasetError` on the first problem, in file order.
     """
     root = Path(root)
-    train_pairs, val_pairs = _layout(root)
-    if val_pairs is not None:
-        val_source = "folder"
-    else:
-        tr, va = split_indices(len(train_pairs), val_fraction, seed)
-        val_pairs = [train_pairs[i] for i in va]
-        train_pairs = [train_pairs[i] for i in tr]
-        val_source = "fraction" if val_pairs else "none"
+    train_pairs, val_pairs, val_source = split_items(*_layout(root), val_fraction, seed)
     pairs = train_pairs + val_pairs
     names_file, colors_file, class_file = read_class_file(root)
     threads = num_threads or min(8, (os.cpu_count() or 1) + 2)

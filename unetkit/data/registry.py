@@ -12,6 +12,7 @@ from .errors import DatasetError
 from .folder import load_folder
 from .shapes import ShapesDataset
 from .transforms import AugmentConfig, build_transforms
+from .volumes import is_volume_folder, load_volumes
 
 #: Built-in dataset names; ``ct-chest`` is the default.
 BUILTIN_DATASETS: tuple[str, ...] = ("ct-chest", "shapes")
@@ -63,6 +64,9 @@ def get_datasets(
     seed: int = 0,
     binary: bool | None = None,
     cache: bool | None = None,
+    context: int = 0,
+    slice_axis: int | None = None,
+    spacing: Sequence[float] | str | None = None,
     **options: object,
 ) -> tuple[SegmentationDataset, SegmentationDataset | None]:
     """``(train, val)`` for a built-in name (``"ct-chest"``, ``"shapes"``) or a dataset folder.
@@ -72,6 +76,8 @@ def get_datasets(
       ``None`` both splits use :func:`compute_stats` of the training images.
     * Folder options: ``num_classes``, ``in_channels``, ``ignore_index``, ``val_fraction``, ``seed``,
       ``binary``, ``cache`` (see :func:`unetkit.data.folder.scan_folder`).
+    * Volume folders (``images/`` holding CT/MRI volumes): ``context``, ``slice_axis``, ``spacing`` (see
+      :func:`unetkit.data.volumes.scan_volumes`); the samples are slices, split by case.
     * Built-in options (``**options``): shapes ``num_samples``, ``val_samples``, ``size``,
       ``max_shapes``, ``noise`` (``seed``, ``num_classes``, ``in_channels`` apply too); ct-chest ``window``.
 
@@ -95,9 +101,20 @@ def get_datasets(
         if options:
             raise DatasetError(f"{path}: data_options {sorted(options)} apply only to the built-in datasets; "
                                "remove data_options for a folder")
-        train, val = load_folder(path, num_classes=num_classes, in_channels=in_channels,
-                                 ignore_index=ignore_index, val_fraction=val_fraction, seed=seed,
-                                 binary=binary, cache=cache)
+        if is_volume_folder(path):
+            if in_channels is not None and in_channels != 2 * context + 1:
+                raise DatasetError(f"{path}: volumes give 2 * context + 1 = {2 * context + 1} input channel(s), "
+                                   f"not {in_channels}; drop --in-channels (set --context instead)")
+            train, val = load_volumes(path, num_classes=num_classes, ignore_index=ignore_index,
+                                      val_fraction=val_fraction, seed=seed, context=context,
+                                      slice_axis=slice_axis, spacing=spacing)
+        elif context or slice_axis is not None or spacing is not None:
+            raise DatasetError(f"{path}: --context, --slice-axis and --spacing apply to volume folders (NIfTI, "
+                               "NRRD, MetaImage, DICOM); this folder holds 2D images")
+        else:
+            train, val = load_folder(path, num_classes=num_classes, in_channels=in_channels,
+                                     ignore_index=ignore_index, val_fraction=val_fraction, seed=seed,
+                                     binary=binary, cache=cache)
     if mean is None or std is None:
         mean, std = compute_stats(train)
     train.set_normalization(mean, std)
@@ -107,8 +124,15 @@ def get_datasets(
         augment = AugmentConfig()
     if isinstance(augment, AugmentConfig):
         train.transform = build_transforms(augment, True, in_channels=train.in_channels,
-                                           ignore_index=train.ignore_index)
+                                           ignore_index=train.ignore_index, unit_range=_unit_range(train))
     return train, val
+
+
+def _unit_range(ds: SegmentationDataset) -> bool:
+    """Whether the images come scaled to [0, 1] (8/16-bit files, built-ins), not in their own units (volumes,
+    float images)."""
+    dtype = getattr(ds, "dtype", None)
+    return dtype is None or all(dtype(i) != "float32" for i in range(len(ds)))
 
 
 def get_dataset(name_or_dir: str | os.PathLike = DEFAULT_DATASET, split: str = "train",

@@ -131,14 +131,38 @@ class JointTransform:
         return f"JointTransform({self.pipeline})"
 
 
+class IntensityJitter(v2.Transform):
+    """Brightness and contrast jitter for images in their own units (HU, scanner values, unscaled floats).
+
+    ``x * b``, then ``(x - mean) * c + mean`` (``mean`` over the whole image), with ``b`` and ``c`` drawn
+    from ``[1 - strength, 1 + strength]``, the same for every channel (2.5D context channels are slices of
+    one scan and must stay consistent). Unlike torchvision's ``ColorJitter`` nothing is clamped to [0, 1]:
+    that would erase intensities stored in other ranges.
+    """
+
+    def __init__(self, strength: float) -> None:
+        super().__init__()
+        self.strength = float(strength)
+
+    def forward(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        lo, hi = 1.0 - self.strength, 1.0 + self.strength
+        b = float(torch.empty(1).uniform_(lo, hi))
+        c = float(torch.empty(1).uniform_(lo, hi))
+        x = image.as_subclass(torch.Tensor) * b
+        m = x.mean()
+        return tv_tensors.wrap((x - m) * c + m, like=image), mask  # type: ignore[arg-type]
+
+
 def build_transforms(
-    cfg: AugmentConfig | None, train: bool, *, in_channels: int = 3, ignore_index: int = 255
+    cfg: AugmentConfig | None, train: bool, *, in_channels: int = 3, ignore_index: int = 255,
+    unit_range: bool = True,
 ) -> JointTransform | None:
     """The joint augmentation for ``cfg``; ``None`` for validation (``train=False``) or when nothing is on.
 
     Order: flips, one random affine (rotation + zoom + shift, a single resampling), elastic warp,
     random crop, then brightness/contrast(/saturation/hue) on the image only. Fills: 0 for the image
-    and ``ignore_index`` for the mask.
+    and ``ignore_index`` for the mask. ``unit_range=False`` (volumes in HU, unscaled float images): the
+    intensity jitter is :class:`IntensityJitter`, which keeps values outside [0, 1].
     """
     if not train or cfg is None:
         return None
@@ -162,7 +186,10 @@ def build_transforms(
             [RandomElastic(cfg.elastic_magnitude, cfg.elastic_grid, 0.0, ignore_index, interp)], p=cfg.elastic))
     if cfg.crop_size is not None:
         steps.append(v2.RandomCrop(cfg.crop_size, pad_if_needed=True, fill=fill))
-    if cfg.color_jitter > 0 or (cfg.hue > 0 and in_channels == 3):
+    if not unit_range:
+        if cfg.color_jitter > 0:
+            steps.append(IntensityJitter(cfg.color_jitter))
+    elif cfg.color_jitter > 0 or (cfg.hue > 0 and in_channels == 3):
         cj = cfg.color_jitter
         if in_channels == 3:
             steps.append(v2.ColorJitter(brightness=cj, contrast=cj, saturation=cj, hue=cfg.hue))

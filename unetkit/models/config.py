@@ -1,7 +1,7 @@
 """``UNetConfig``: every option of the model in one dataclass, the single source of truth.
 
-``UNet(config)`` and ``UNet(**kwargs)`` build from it, ``model.config`` is it (with ``depth`` and
-``base_channels`` resolved), a checkpoint stores ``config.to_dict()`` once, ``TrainConfig.model`` holds
+``UNet(config)`` and ``UNet(**kwargs)`` build from it, ``model.config`` is it (with ``depth``,
+``base_channels`` and ``decoder_channels`` resolved), a checkpoint stores ``config.to_dict()`` once, ``TrainConfig.model`` holds
 one, and the command line's model flags (``train``, ``info``, ``bench``) are generated from its fields:
 their help text and choices live in each field's metadata below. Adding a model option means adding a
 field here and using it in :class:`unetkit.UNet`.
@@ -35,6 +35,8 @@ class UNetConfig:
 
     ``depth=None`` means all of the encoder's stages (5 for the plain encoder); ``base_channels=None``
     means 64. Both are resolved in ``model.config``; ``unetkit train`` plans them from the data.
+    ``decoder_channels`` is resolved there too, to the widths built (``"auto"``, ``"mirror"`` and ``None``
+    become numbers), so a checkpoint rebuilds the same network whatever a later version's default is.
     """
 
     num_classes: int = option(2, "output channels (1 for a binary model read through a sigmoid)")
@@ -48,8 +50,10 @@ class UNetConfig:
     base_channels: int | None = option(None, "width of the plain encoder's first stage, doubling each stage "
                                              "(64 when not planned)")
     depth: int | None = option(None, "number of encoder stages (all of the encoder's when not planned)")
-    decoder_channels: tuple[int, ...] | None = option(None, "decoder widths, coarse to fine (default: mirror "
-                                                            "the encoder)")
+    decoder_channels: tuple[int, ...] | str | None = option(
+        "auto", "decoder widths, coarse to fine: auto (default) mirrors the plain encoder and gives a backbone "
+                "16 x each stage's reduction, 256 at most (smp's 256, 128, 64, 32, 16), never more than "
+                "mirror; mirror (or none): each stage as wide as its skip, the default before; or the widths")
     upsample: str = option("transpose", "how the decoder upsamples", UPSAMPLE_MODES)
     skip: str = option("interpolate", "how a skip and the upsampled map are matched at odd sizes", SKIP_MODES)
     padding: str = option("same", "same, or valid (unpadded convs, the 2015 paper; plain encoder only)",
@@ -66,8 +70,21 @@ class UNetConfig:
             v = getattr(self, name)
             if isinstance(v, str) and v.lower() in ("none", "null", ""):
                 setattr(self, name, None)
-        if self.decoder_channels is not None:
-            self.decoder_channels = tuple(int(c) for c in self.decoder_channels) or None
+        dc = self.decoder_channels
+        if isinstance(dc, (list, tuple)) and len(dc) == 1 and isinstance(dc[0], str):  # a word from a flag
+            dc = dc[0]
+        if isinstance(dc, str):
+            dc = None if dc.lower() in ("none", "null", "") else dc.lower()
+            if dc not in (None, "auto", "mirror"):
+                raise ValueError(f"decoder_channels must be auto, mirror or a list of widths, not {dc!r}")
+        elif dc is not None:
+            try:
+                dc = tuple(int(c) for c in dc) or None
+            except (TypeError, ValueError):
+                raise ValueError(f"decoder_channels must be auto, mirror or a list of widths, not {dc!r}") from None
+            if dc is not None and min(dc) < 1:
+                raise ValueError(f"decoder_channels must be positive widths, not {list(dc)}")
+        self.decoder_channels = dc
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             value = getattr(self, f.name)
@@ -88,7 +105,7 @@ class UNetConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        if d["decoder_channels"] is not None:
+        if isinstance(d["decoder_channels"], tuple):
             d["decoder_channels"] = list(d["decoder_channels"])
         return d
 

@@ -117,6 +117,39 @@ def default_decoder_channels(encoder_channels: Sequence[int], reductions: Sequen
     return chans
 
 
+def stage_reductions(reductions: Sequence[int]) -> list[int]:
+    """The reduction of each decoder stage's output, coarse to fine: the skips', then halving down to 1."""
+    n_skip, n_extra = len(reductions) - 1, int(math.log2(reductions[0]))
+    return ([reductions[n_skip - 1 - i] for i in range(n_skip)]
+            + [reductions[0] // 2 ** (j + 1) for j in range(n_extra)])
+
+
+#: The light decoder's width per unit of a stage's reduction, and its cap: 16 at full resolution, 32 at
+#: 1/2, ... 256 from 1/16 on (segmentation_models.pytorch's Unet: 256, 128, 64, 32, 16).
+LIGHT_WIDTH_PER_REDUCTION, LIGHT_MAX_WIDTH = 16, 256
+
+
+def light_decoder_channels(encoder_channels: Sequence[int], reductions: Sequence[int]) -> list[int]:
+    """Each stage ``16 x`` its output's reduction (at most 256), never wider than the mirrored width."""
+    mirror = default_decoder_channels(encoder_channels, reductions)
+    return [min(m, LIGHT_WIDTH_PER_REDUCTION * r, LIGHT_MAX_WIDTH)
+            for m, r in zip(mirror, stage_reductions(reductions))]
+
+
+def resolve_decoder_channels(spec: Sequence[int] | str | None, encoder_channels: Sequence[int],
+                             reductions: Sequence[int], plain: bool) -> tuple[int, ...]:
+    """The widths ``UNetConfig.decoder_channels`` stands for: ``"auto"`` is :func:`light_decoder_channels`
+    for a backbone and the mirror for the plain encoder; ``"mirror"`` and ``None`` (what configs of earlier
+    versions hold) the mirror, :func:`default_decoder_channels`; a sequence is itself."""
+    if spec == "auto" and not plain:
+        return tuple(light_decoder_channels(encoder_channels, reductions))
+    if spec in (None, "auto", "mirror"):
+        return tuple(default_decoder_channels(encoder_channels, reductions))
+    if isinstance(spec, str):
+        raise ValueError(f"decoder_channels must be auto, mirror or a list of widths, not {spec!r}")
+    return tuple(int(c) for c in spec)
+
+
 class UNetDecoder(nn.Module):
     """Decoder stages from the deepest encoder feature back to full resolution.
 
@@ -146,9 +179,7 @@ class UNetDecoder(nn.Module):
             prev = out_ch
         self.n_skip = n_skip
         self.out_channels = tuple(chans)
-        # Reduction of each stage's output: the skip's, then halving down to 1.
-        self.reductions = tuple([reductions[n_skip - 1 - i] for i in range(n_skip)]
-                                + [reductions[0] // 2 ** (j + 1) for j in range(n_extra)])
+        self.reductions = tuple(stage_reductions(reductions))  # of each stage's output
 
     def forward(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         x = features[-1]

@@ -14,7 +14,7 @@ from torch import nn
 from .attention import SelfAttention
 from .blocks import init_kaiming
 from .config import DEFAULT_BASE_CHANNELS, UNetConfig
-from .decoder import UNetDecoder, exporting
+from .decoder import UNetDecoder, exporting, resolve_decoder_channels
 from .encoders import get_encoder
 from .encoders.base import freeze
 
@@ -24,7 +24,8 @@ class UNet(nn.Module):
 
     Build it from a :class:`UNetConfig` or from the same options as keywords: ``UNet(config)``,
     ``UNet(num_classes=3, in_channels=1)``, or ``UNet(config, encoder="vgg16")`` (keywords replace fields).
-    ``model.config`` is the resolved :class:`UNetConfig` (``depth`` and ``base_channels`` filled in).
+    ``model.config`` is the resolved :class:`UNetConfig` (``depth``, ``base_channels`` and the
+    ``decoder_channels`` built filled in).
     The options (see :class:`UNetConfig` for each one's help):
 
     * ``num_classes`` (1 for a binary model read through a sigmoid), ``in_channels``;
@@ -33,7 +34,9 @@ class UNet(nn.Module):
       (no gradients, BatchNorm kept in eval mode);
     * ``base_channels``, ``depth``: the plain encoder's first width and number of stages (64 and 5: the
       paper's 64..1024); ``depth`` also truncates other encoders' stages;
-    * ``decoder_channels`` (coarse to fine; default mirrors the encoder), ``upsample`` (``transpose`` |
+    * ``decoder_channels`` (coarse to fine; ``"auto"``: a backbone's decoder is 16 x each stage's reduction
+      wide, at most 256 and at most the mirror, the plain encoder's mirrors it; ``"mirror"``/``None``: each
+      stage as wide as its skip; or the widths), ``upsample`` (``transpose`` |
       ``bilinear`` | ``pixelshuffle``), ``skip`` (``crop`` | ``pool`` | ``interpolate`` | ``pad``: with
       ``padding="same"`` the output always has the input's size), ``padding`` (``same`` | ``valid``: the
       paper's unpadded convs, 572x572 in, 388x388 out), ``norm`` (``batch`` | ``none``);
@@ -51,12 +54,12 @@ class UNet(nn.Module):
                                        base_channels=cfg.base_channels, padding=cfg.padding, norm=cfg.norm)
         else:
             self.encoder = get_encoder(cfg.encoder, cfg.in_channels, cfg.encoder_weights, cfg.depth)
-        self.config = cfg.replace(depth=len(self.encoder.out_channels))
         num_classes = cfg.num_classes
         enc_ch, red = self.encoder.out_channels, self.encoder.reductions
+        widths = resolve_decoder_channels(cfg.decoder_channels, enc_ch, red, plain=cfg.encoder == "plain")
+        self.config = cfg.replace(depth=len(enc_ch), decoder_channels=widths)
         self.bottleneck_attention = SelfAttention(enc_ch[-1]) if cfg.attention == "self" else None
-        self.decoder = UNetDecoder(enc_ch, red, cfg.decoder_channels, cfg.upsample, cfg.skip, cfg.padding,
-                                   cfg.norm)
+        self.decoder = UNetDecoder(enc_ch, red, widths, cfg.upsample, cfg.skip, cfg.padding, cfg.norm)
         dec_ch = self.decoder.out_channels
         self.head = nn.Conv2d(dec_ch[-1], num_classes, 1)
         # Per-stage heads for every stage but the last (whose head is ``self.head``).

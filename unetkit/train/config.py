@@ -21,7 +21,7 @@ import yaml
 from ..models.config import UNetConfig, option
 from ..models.config import field_names as model_field_names
 
-NORMALIZATIONS = ("zscore", "percentile", "imagenet")
+NORMALIZATIONS = ("zscore", "percentile", "ct", "imagenet")
 LOSSES = ("ce", "dice", "ce+dice", "bce", "bce+dice", "focal", "tversky")
 #: Model fields that come from the data, not from model flags (``num_classes``, ``in_channels``).
 DATA_MODEL_FIELDS = ("num_classes", "in_channels")
@@ -44,7 +44,13 @@ class TrainConfig:
     num_classes: int | None = option(None, "number of classes (default: from the masks or classes.yaml)")
     in_channels: int | None = option(None, "image channels (default: from the images)")
     ignore_index: int = option(255, "mask value excluded from loss and metrics")
-    val_fraction: float = option(0.2, "fraction held out for validation when the folder has no val/")
+    val_fraction: float = option(0.2, "fraction held out for validation when the folder has no val/ "
+                                      "(volume folders: a fraction of the cases)")
+    context: int = option(0, "volumes: neighbouring slices on each side stacked as extra input channels (2.5D)")
+    slice_axis: int | None = option(None, "volumes: voxel axis 0, 1 or 2 to cut slices along (default: each "
+                                          "scan's coarsest-spacing axis)")
+    spacing: tuple[float, float] | None = option(None, "volumes: in-plane spacing in mm to resample slices to "
+                                                       "(default: planned from the cases' spacings)")
     # model
     model: UNetConfig = field(default_factory=UNetConfig, metadata={"help": "the model's options"})
     # plan: None = decided from the data
@@ -52,7 +58,8 @@ class TrainConfig:
                                                       "(default: planned)")
     batch_size: int | None = option(None, "patches per step per process (default: planned)")
     normalization: str | None = option(None, "zscore (dataset mean/std), percentile (clip to the 0.5-99.5 "
-                                             "percentiles, then z-score) or imagenet (default: planned)",
+                                             "percentiles, then z-score), ct (the same over the voxels inside "
+                                             "the labels, as nnU-Net) or imagenet (default: planned)",
                                        (None, *NORMALIZATIONS))
     foreground_fraction: float | None = option(None, "share of patches centred on a foreground pixel "
                                                      "(default: planned)")
@@ -85,7 +92,8 @@ class TrainConfig:
                                       "the lr")
     grad_clip: float | None = option(1.0, "clip the gradient norm to this (0 disables)")
     grad_accum: int = option(1, "accumulate gradients over this many batches")
-    amp: str = option("auto", "mixed precision: auto (bf16/fp16 on CUDA, fp32 on CPU), off, fp16 or bf16",
+    amp: str = option("auto", "mixed precision: auto (bf16/fp16 on CUDA; bf16 on a CPU that runs it natively, "
+                              "measured once and cached, else fp32), off (fp32), fp16 or bf16",
                       ("auto", "off", "fp16", "bf16"))
     early_stopping: int | None = option(None, "stop after this many validations without a better val mIoU")
     # reproducibility and hardware
@@ -109,7 +117,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["model"] = self.model.to_dict()
-        for name in ("scale", "patch_size"):
+        for name in ("scale", "patch_size", "spacing"):
             if d[name] is not None:
                 d[name] = list(d[name])
         return d
@@ -191,6 +199,16 @@ class TrainConfig:
             parse_duration(self.time, where)
         if self.early_stopping is not None and self.early_stopping < 1:
             raise ValueError(f"{where}: early_stopping must be >= 1, not {self.early_stopping}")
+        if self.context < 0:
+            raise ValueError(f"{where}: context must be >= 0, not {self.context}")
+        if self.slice_axis is not None and self.slice_axis not in (0, 1, 2):
+            raise ValueError(f"{where}: slice_axis must be 0, 1 or 2 (a voxel axis), not {self.slice_axis}")
+        if self.spacing is not None:
+            sp = tuple(float(v) for v in self.spacing)
+            sp = sp * 2 if len(sp) == 1 else sp
+            if len(sp) != 2 or min(sp) <= 0:
+                raise ValueError(f"{where}: spacing takes one or two positive numbers (mm), not {self.spacing}")
+            self.spacing = sp  # type: ignore[assignment]
         if self.scale is not None and (len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]):
             raise ValueError(f"{where}: scale takes two numbers 0 < low <= high, not {self.scale}")
 
@@ -221,6 +239,10 @@ def check_value(name: str, value: Any, hint: Any, where: str) -> Any:
         if optional:
             return None
         raise ValueError(f"{where}: {name} needs a value, not None")
+    if str in args:  # a word where a union allows one (decoder_channels: mirror, or [mirror] from a flag)
+        word = value[0] if isinstance(value, (list, tuple)) and len(value) == 1 else value
+        if isinstance(word, str) and not word.strip().isdigit():
+            return word
     base = next((a for a in args if a is not type(None)), hint) if optional else hint
     origin = typing.get_origin(base)
     kind = "true or false" if base is bool else getattr(base, "__name__", str(base))

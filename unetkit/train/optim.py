@@ -1,4 +1,5 @@
-"""What a run needs besides the loop: seeding and RNG state, mixed precision, optimizer and schedule."""
+"""What a run needs besides the loop: seeding and RNG state, optimizer and schedule (mixed precision:
+:func:`unetkit.device.resolve_amp`, re-exported here)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..device import resolve_amp  # noqa: F401 - re-exported: the one autocast rule lives in unetkit.device
 from .config import TrainConfig
 
 
@@ -44,23 +46,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``amp`` (``auto``/``off``/``fp16``/``bf16``) on ``device``, or ``None`` for fp32.
-
-    ``auto`` is bf16 on CUDA GPUs that support it, fp16 on older ones, and fp32 on the CPU: bf16 autocast
-    on a CPU without native bf16 instructions runs >100x slower, so it is only used when asked for.
-    """
-    if amp not in ("auto", "off", "fp16", "bf16"):
-        raise ValueError(f"amp must be auto, off, fp16 or bf16, not {amp!r}")
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
-        return None
-    if amp == "fp16" and device.type != "cuda":
-        raise ValueError("amp fp16 needs a CUDA device; use --amp off (or bf16 on a CPU with native bf16)")
-    if amp == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float16 if amp == "fp16" else torch.bfloat16
 
 
 def build_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:

@@ -3,7 +3,9 @@
 nnU-Net showed that most of a segmentation recipe follows from a few facts about the data; this module
 writes down our version of those rules for 2D images:
 
-* **normalisation**: ImageNet statistics for a pretrained encoder; percentile clipping (0.5-99.5) plus
+* **normalisation**: ImageNet statistics for a pretrained encoder; for CT volumes, clipping to the 0.5-99.5
+  percentiles of the Hounsfield units inside the labels, then z-score with their mean and std (nnU-Net's CT
+  scheme: the window follows the structures being segmented, not the air around the patient); percentile clipping (0.5-99.5) plus
   z-score for 16-bit images and for float images outside [0, 1] (sensor and scanner ranges with outliers);
   z-score with the data set's mean and std otherwise (8-bit, or floats already scaled to [0, 1]).
 * **patch size and batch**: a step holds about ``TARGET_PIXELS`` patch pixels of the device in about
@@ -51,6 +53,8 @@ MAX_DEPTH = 5
 EPOCHS = 120
 MIN_STEPS, MAX_STEPS = 2000, 25_000
 RARE_CLASS = 0.01
+#: Validation is scheduled to cost about this share of the training compute.
+VAL_SHARE = 0.1
 
 
 @dataclass
@@ -71,6 +75,8 @@ class Plan:
     time_budget_s: float | None
     samples_per_epoch: int
     reasons: dict[str, str] = field(default_factory=dict)
+    volume: dict[str, Any] | None = None  # volumes: VolumeSettings.to_dict() (slice axis, context, spacing)
+    val_every: int | None = None  # validate every N epochs (and always at the end)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -82,7 +88,8 @@ class Plan:
                 "base_channels": self.base_channels, "foreground_fraction": self.foreground_fraction,
                 "loss": self.loss, "class_weights": self.class_weights, "epochs": self.epochs,
                 "max_steps": self.max_steps, "time_budget_s": self.time_budget_s,
-                "samples_per_epoch": self.samples_per_epoch, "reasons": dict(self.reasons)}
+                "samples_per_epoch": self.samples_per_epoch, "reasons": dict(self.reasons),
+                "volume": self.volume, "val_every": self.val_every}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Plan:
@@ -111,6 +118,14 @@ class Plan:
                  " ".join(f"{w:.2f}" for w in self.class_weights)), ("length", length)]
         keys = ["normalization", "patch_size", "batch_size", "depth", "base_channels", "foreground_fraction",
                 "loss", "class_weights", "length"]
+        if self.val_every is not None:
+            rows.append(("validation", f"every {self.val_every} epoch(s) and at the end"))
+            keys.append("val_every")
+        if self.volume is not None:
+            from ..data.volumes import VolumeSettings
+
+            rows.insert(0, ("slices", VolumeSettings.from_dict(self.volume).describe()))
+            keys.insert(0, "volume")
         w1 = max(len(r[0]) for r in rows)
         w2 = max(len(r[1]) for r in rows)
         return "\n".join(f"{a:<{w1}}  {b:<{w2}}  {self.reasons.get(k, '')}".rstrip()
@@ -174,6 +189,10 @@ def make_plan(fp: Fingerprint, cfg: TrainConfig, device: torch.device | str = "c
     elif pretrained:
         scheme = "imagenet"
         why["normalization"] = "pretrained encoder: the statistics its weights were trained with"
+    elif fp.modality == "ct" and fp.foreground_percentiles is not None:
+        scheme = "ct"
+        why["normalization"] = ("CT volumes: clip to the 0.5-99.5 percentiles of the Hounsfield units inside the "
+                                "labels, then z-score with their mean and std (as nnU-Net)")
     elif fp.dtype == "uint16" or (fp.dtype == "float32" and (min(fp.minimum) < 0 or max(fp.maximum) > 1)):
         scheme = "percentile"
         why["normalization"] = (f"{'16-bit' if fp.dtype == 'uint16' else 'unscaled float'} images: clip "
@@ -291,6 +310,34 @@ def plan_length(cfg: TrainConfig, samples: int, batch: int, device: torch.device
             f"{format_duration(budget)} (--time or --epochs to change)")
 
 
+def validation_windows(val: Any, patch: tuple[int, int]) -> int:
+    """Forward passes of one validation: sliding windows of the patch size (50 % overlap) per image."""
+    from ..infer import tile_starts
+
+    ph, pw = patch
+    total = 0
+    for i in range(len(val)):
+        h, w = val.image_size(i)
+        total += len(tile_starts(max(h, ph), ph, 0.5)) * len(tile_starts(max(w, pw), pw, 0.5))
+    return total
+
+
+def plan_validation(cfg: TrainConfig, val: Any, plan: Plan) -> tuple[int, str]:
+    """``(val_every, reason)``: validate as often as keeps validation near ``VAL_SHARE`` of the training
+    compute, counted in patch forward passes (a training patch costs about 3: forward and backward).
+
+    Planned from the data, not timed, so the epochs a run validates on (and so its best checkpoint) do not
+    depend on how busy the machine was.
+    """
+    if cfg.val_every is not None:
+        return cfg.val_every, "given"
+    windows = validation_windows(val, plan.patch_size)
+    epoch_patches = plan.steps_per_epoch * plan.batch_size
+    every = max(1, math.ceil(windows / (VAL_SHARE * 3 * epoch_patches)))
+    return every, (f"one validation ({windows} windows) costs about {100 * VAL_SHARE:.0f} % of "
+                   f"{every} epoch(s) of training ({epoch_patches} patches, forward and backward)")
+
+
 def normalization_for(scheme: str, fp: Fingerprint) -> Normalization:
     """The :class:`Normalization` values of ``scheme`` for the fingerprinted data."""
     if scheme == "imagenet":  # as the encoders adapt them to other channel counts (the trainer then uses
@@ -301,7 +348,13 @@ def normalization_for(scheme: str, fp: Fingerprint) -> Normalization:
         return Normalization(fp.clipped_mean, [max(s, 1e-6) for s in fp.clipped_std], clip)
     if scheme == "zscore":
         return Normalization(fp.mean, [s if s >= 1e-6 else 1.0 for s in fp.std])
-    raise ValueError(f"normalization must be zscore, percentile or imagenet, not {scheme!r}")
+    if scheme == "ct":
+        if fp.foreground_percentiles is None or fp.foreground_mean is None or fp.foreground_std is None:
+            raise ValueError("normalization ct needs labelled voxels in the training data; use percentile")
+        p = fp.foreground_percentiles
+        return Normalization([fp.foreground_mean] * fp.in_channels, [max(fp.foreground_std, 1e-6)] * fp.in_channels,
+                             [(p[0], p[-1])] * fp.in_channels)
+    raise ValueError(f"normalization must be zscore, percentile, ct or imagenet, not {scheme!r}")
 
 
 def apply_plan(cfg: TrainConfig, plan: Plan) -> TrainConfig:
@@ -314,14 +367,30 @@ def apply_plan(cfg: TrainConfig, plan: Plan) -> TrainConfig:
         model=cfg.model.replace(depth=plan.depth, base_channels=plan.base_channels))
 
 
-def load_data(cfg: TrainConfig, norm: Normalization | None = None, augment: Any = None) -> tuple[Any, Any]:
+def volume_options(cfg: TrainConfig, volume: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The volume options of ``cfg`` for :func:`unetkit.data.get_datasets` (none when left at their defaults,
+    so built-in and 2D datasets never see them). ``volume``: a resumed run's planned settings, which win."""
+    opts: dict[str, Any] = {}
+    spacing = None if volume is None else (volume.get("spacing") or "native")
+    if cfg.context:
+        opts["context"] = cfg.context
+    if cfg.slice_axis is not None:
+        opts["slice_axis"] = cfg.slice_axis
+    if (spacing or cfg.spacing) is not None:
+        opts["spacing"] = spacing or cfg.spacing
+    return opts
+
+
+def load_data(cfg: TrainConfig, norm: Normalization | None = None, augment: Any = None,
+              volume: dict[str, Any] | None = None) -> tuple[Any, Any]:
     """Read and check ``cfg.data``: ``(train, val)`` (``val`` is ``None`` when there is none), normalised by
-    ``norm`` (``None``: the identity, until a plan says otherwise)."""
+    ``norm`` (``None``: the identity, until a plan says otherwise); ``volume``: a plan's volume settings."""
     from ..data import get_datasets
 
     train, val = get_datasets(cfg.data, augment=augment, num_classes=cfg.num_classes, in_channels=cfg.in_channels,
                               ignore_index=cfg.ignore_index, val_fraction=cfg.val_fraction, seed=cfg.seed,
-                              mean=(0.0,), std=(1.0,), **cfg.data_options)  # no statistics pass: planned
+                              mean=(0.0,), std=(1.0,),
+                              **volume_options(cfg, volume), **cfg.data_options)  # no statistics pass: planned
     for d in (train, val):
         if d is not None and norm is not None:
             d.set_normalization(norm)
@@ -340,6 +409,12 @@ def load_and_plan(cfg: TrainConfig, device: torch.device | str = "cpu", augment:
     cfg.model = cfg.model.replace(num_classes=train.num_classes, in_channels=train.in_channels)
     fp = fingerprint(train)
     plan = make_plan(fp, cfg, device)
+    if val is not None:
+        plan.val_every, plan.reasons["val_every"] = plan_validation(cfg, val, plan)
+    settings = getattr(train, "settings", None)
+    if settings is not None:  # a volume folder: how its scans became slices is part of the plan
+        plan.volume = settings.to_dict()
+        plan.reasons["volume"] = train.spacing_reason
     for d in (train, val):
         if d is not None:
             d.set_normalization(plan.norm)

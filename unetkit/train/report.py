@@ -37,6 +37,24 @@ def write_metrics_csv(history: Sequence[dict[str, Any]], path: Path) -> None:
     atomic_write(path, write)
 
 
+def write_case_csv(per_case: dict[str, Any], path: Path) -> None:
+    """``per_case.csv``: one row per case (and a last ``mean`` row), columns ``<metric>_<class>``."""
+    classes = per_case["classes"]
+    metrics = ("dice", "iou", "hd95", "nsd")
+    fields = ["case"] + [f"{m}_{c}" for m in metrics for c in classes]
+
+    def row(name: str, m: dict[str, Any]) -> dict[str, Any]:
+        return {"case": name, **{f"{k}_{c}": m[k][j] for k in metrics for j, c in enumerate(classes)}}
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows([row(c["case"], c) for c in per_case["cases"]] + [row("mean", per_case["mean"])])
+
+    atomic_write(path, write)
+
+
 def save_png(rgb: np.ndarray, path: Path) -> None:
     atomic_write(path, lambda tmp: save_rgb_png(rgb, tmp))
 
@@ -325,6 +343,7 @@ pre {{ background: #f7f7f7; padding: .8rem; font-size: 12px; }}
 <h2>Per-class results (validation, best checkpoint)</h2>
 <table><tr><th>class</th><th>IoU</th><th>Dice</th><th>Boundary F1</th><th>precision</th><th>recall</th></tr>
 {rows}</table>
+{_case_section(result.per_case)}
 <h2>Confusion matrix</h2>{_img(confusion_png(result.confusion_matrix, names), "confusion matrix")}
 <h2>Samples: image | truth | prediction</h2>{legend}{_img(samples_png, "samples") if samples_png else ""}
 <h2>Configuration</h2>
@@ -334,6 +353,32 @@ pre {{ background: #f7f7f7; padding: .8rem; font-size: 12px; }}
 </body></html>
 """
     atomic_write(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
+
+
+def _case_section(per_case: dict[str, Any] | None) -> str:
+    """The per-case table of a volume run: Dice and HD95 per class and case, with NSD and IoU means."""
+    if not per_case:
+        return ""
+    classes = per_case["classes"]
+    tol = per_case.get("tolerance_mm", 1.0)
+    head = "".join(f"<th>{html.escape(c)}<br><small>Dice | HD95 mm | NSD</small></th>" for c in classes)
+
+    def cells(m: dict[str, Any]) -> str:
+        return "".join(f"<td>{_cell(m['dice'][j])} | {_mm(m['hd95'][j])} | {_cell(m['nsd'][j])}</td>"
+                       for j in range(len(classes)))
+
+    body = "\n".join(f"<tr><td>{html.escape(c['case'])}</td>{cells(c)}</tr>" for c in per_case["cases"])
+    body += f"\n<tr><th>mean</th>{cells(per_case['mean'])}</tr>"
+    return (f"<h2>Per case (validation volumes, best checkpoint)</h2><p>{per_case['num_cases']} case(s); "
+            f"HD95 = 95 % Hausdorff distance, NSD = normalised surface Dice at {tol:g} mm; empty cells: the "
+            "class is absent from the case; the HD95 mean leaves out cases where a class was missed or "
+            f"invented (inf).</p><table><tr><th>case</th>{head}</tr>\n{body}</table>")
+
+
+def _mm(v: float) -> str:
+    if math.isnan(v):
+        return "-"
+    return "inf" if math.isinf(v) else f"{v:.1f}"
 
 
 class TensorBoardLog:

@@ -30,9 +30,11 @@ from tqdm.auto import tqdm
 from ..atomic import atomic_write, claim_run_folder
 from ..checkpoint import DataInfo, read_checkpoint, save_checkpoint
 from ..data import BUILTIN_DATASETS, AugmentConfig, SegmentationDataset
+from ..data.base import describe_split
 from ..data.fingerprint import Fingerprint
 from ..data.patches import PatchDataset
 from ..data.preprocess import Normalization
+from ..device import describe_amp
 from ..evaluate import EvalResult, evaluate
 from ..infer import predict
 from ..losses import DeepSupervisionLoss, build_loss
@@ -43,15 +45,24 @@ from .budget import Budget
 from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum, init_distributed
 from .optim import build_optimizer, build_scheduler, resolve_amp, rng_state, seed_everything, set_rng_state
-from .plan import Plan, apply_plan, load_and_plan, load_data, plan_length
-from .report import TensorBoardLog, curves_png, png_bytes, save_png, write_metrics_csv, write_report
+from .plan import Plan, apply_plan, load_and_plan, load_data, plan_length, validation_windows
+from .report import (
+    TensorBoardLog,
+    curves_png,
+    png_bytes,
+    save_png,
+    write_case_csv,
+    write_metrics_csv,
+    write_report,
+)
 
 #: Seconds between redraws of ``curves.png`` during a run (drawing costs about 0.2 s; the demo's epochs
 #: take about 1 s). It is always redrawn at the end.
 CURVES_EVERY_S = 10.0
-#: ``last.pt`` is written after every validation, at the end, and otherwise at least this often (seconds):
-#: a killed run loses at most this much training, and short epochs do not rewrite the file each time.
-CHECKPOINT_EVERY_S = 60.0
+#: ``last.pt`` is written when the validation score improves (with ``best.pt``), at the end, and otherwise at
+#: least this often (seconds): a killed run loses at most this much training, and frequent validations do
+#: not rewrite the file each time (the demo validated 84 times, and its checkpoint writes took 4 % of the run).
+CHECKPOINT_EVERY_S = 30.0
 
 
 class TrainingError(RuntimeError):
@@ -113,8 +124,6 @@ def _unwrap(model: nn.Module) -> UNet:
 # --------------------------------------------------------------------------- the trainer
 #: Optimizer steps timed (after one untimed) before a time-budgeted run fixes its length.
 PROBE_STEPS = 6
-#: Share of the training time validation may take when the planner sets the validation schedule.
-VAL_SHARE = 0.1
 #: Provisional length of a run that only a time budget bounds, until its first steps are timed.
 UNBOUNDED_STEPS = 10**9
 
@@ -163,7 +172,7 @@ class Trainer:
         self.fingerprint: Fingerprint | None = None
         if ckpt is not None and "plan" in ckpt:
             plan = Plan.from_dict(ckpt["plan"])
-            self.train_ds, val_ds = load_data(cfg, plan.norm, augment_config(cfg))
+            self.train_ds, val_ds = load_data(cfg, plan.norm, augment_config(cfg), plan.volume)
             if cfg.epochs is not None or cfg.time is not None:  # a longer run asked for on resume
                 plan.max_steps, plan.time_budget_s, plan.reasons["length"] = plan_length(
                     cfg, plan.samples_per_epoch, plan.batch_size, dev)
@@ -198,6 +207,9 @@ class Trainer:
         self.eval_loss = build_loss(plan.loss, ds.num_classes, cfg.ignore_index, plan.class_weights)
         self.loss = DeepSupervisionLoss(self.eval_loss) if cfg.model.deep_supervision else self.eval_loss
         self.amp_dtype = resolve_amp(cfg.amp, dev)
+        if (self.dist.enabled and cfg.amp == "auto" and dev.type == "cpu"  # each rank measured: bf16 if all did
+                and all_reduce_max(torch.tensor([float(self.amp_dtype is None)])).item()):
+            self.amp_dtype = None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
 
         self.patches = PatchDataset(ds, plan.patch_size, plan.foreground_fraction, seed=cfg.seed,
@@ -213,7 +225,7 @@ class Trainer:
         self.optimizer = build_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
         self.total_steps = (plan.epochs * self.steps_per_epoch if plan.epochs else
                             plan.max_steps or UNBOUNDED_STEPS)
-        self.val_every = cfg.val_every or 1
+        self.val_every = cfg.val_every or plan.val_every or 1
         self.scheduler = build_scheduler(cfg, self.optimizer, lambda: self.total_steps,
                                          lambda: min(cfg.warmup_epochs * self.steps_per_epoch,
                                                      self.total_steps // 10 or 1))
@@ -278,10 +290,10 @@ class Trainer:
         cfg, ds, w, plan = self.cfg, self.train_ds, self.dist.world_size, self.plan
         m = _unwrap(self.model)
         params = sum(p.numel() for p in m.parameters())
-        amp = "fp32" if self.amp_dtype is None else str(self.amp_dtype).replace("torch.", "")
+        amp = describe_amp(cfg.amp, self.amp_dtype, self.dist.device)
         mc = m.config
         width = f", base {mc.base_channels}" if mc.encoder == "plain" else ""
-        return (f"data {cfg.data}: {len(ds)} train / {len(self.val_ds)} val images, {ds.num_classes} classes, "
+        return (f"data {cfg.data}: {describe_split(ds, self.val_ds)}, {ds.num_classes} classes, "
                 f"{ds.in_channels} channel(s)\nmodel UNet({mc.encoder}{width}, depth {mc.depth}): "
                 f"{params / 1e6:.2f}M parameters on {self.dist.device} ({amp})"
                 f"{f', {w} processes' if w > 1 else ''}\nglobal batch {plan.batch_size * w * cfg.grad_accum} "
@@ -290,19 +302,9 @@ class Trainer:
                 f"{cfg.scheduler}, loss {plan.loss}\nplan:\n  " + plan.table().replace("\n", "\n  ")
                 + f"\nrun directory {self.run_dir}")
 
-    def _val_windows(self) -> int:
-        """Forward passes one validation takes (sliding windows of the patch size, 50 % overlap)."""
-        from ..infer import tile_starts
-
-        ph, pw = self.plan.patch_size
-        total = 0
-        for i in range(len(self.val_ds)):
-            h, w = self.val_ds.image_size(i)
-            total += len(tile_starts(max(h, ph), ph, 0.5)) * len(tile_starts(max(w, pw), pw, 0.5))
-        return total
-
     def _size_the_run(self, step_s: float) -> None:
-        """Fix the run's length and validation schedule from the measured step time (and the budget)."""
+        """Fix the run's length from the measured step and validation times and the budget (the validation
+        schedule is the plan's, so which epochs are validated does not depend on the machine's load)."""
         dev = self.dist.device
         model = _unwrap(self.model)
         x = torch.zeros(self.plan.batch_size, self.train_ds.in_channels, *self.plan.patch_size, device=dev)
@@ -318,10 +320,7 @@ class Trainer:
             synchronize(dev)
             fwd = (self.clock() - t0) / self.plan.batch_size
         model.train(was)
-        val_s = fwd * self._val_windows() * 1.2 + 0.01 * len(self.val_ds)  # + loading, loss and metrics
-        epoch_s = self.steps_per_epoch * step_s
-        if not self.cfg.val_every:
-            self.val_every = max(1, math.ceil(val_s / (VAL_SHARE * epoch_s)))
+        val_s = fwd * validation_windows(self.val_ds, self.plan.patch_size) * 1.2 + 0.01 * len(self.val_ds)
         self.budget.step_s, self.budget.val_s = step_s, val_s
         if self.budget.limit is not None:
             left = self.budget.limit - self.budget.elapsed() - self._reserve()
@@ -467,8 +466,11 @@ class Trainer:
             labels = (kept or {}).get(i)
             if labels is None:
                 labels = predict(model, image.to(self.dist.device), tile_size=self.plan.patch_size,
-                                 pad_value=self.plan.norm.pad_value()).cpu()
+                                 pad_value=self.plan.norm.pad_value(), autocast_dtype=self.amp_dtype).cpu()
             img = self.val_ds.denormalize(image)
+            settings = getattr(self.val_ds, "settings", None)
+            if settings is not None and settings.context:  # 2.5D: show the slice itself, not its neighbours
+                img = img[settings.context:settings.context + 1]
             imgs.append(img)
             truths.append(mask)
             preds.append(labels)
@@ -542,7 +544,7 @@ class Trainer:
             self.history.append(row)
             epoch += 1
             if self.dist.is_main:
-                if "val_miou" in row or finished or time.monotonic() - self._saved >= CHECKPOINT_EVERY_S:
+                if improved or finished or time.monotonic() - self._saved >= CHECKPOINT_EVERY_S:
                     state = self.checkpoint_state(epoch)
                     save_checkpoint(state, self.run_dir / "last.pt")
                     self._saved = time.monotonic()
@@ -611,6 +613,8 @@ class Trainer:
             write_report(self.run_dir / "report.html", title=f"unetkit run {self.run_dir.name}", result=result,
                          history=self.history, samples_png=samples, config=self.cfg.to_dict(), facts=facts,
                          colors=self.train_ds.class_colors, best_epoch=self.best_epoch)
+            if result.per_case is not None:
+                write_case_csv(result.per_case, self.run_dir / "per_case.csv")
             summary = {**result.to_json(), "steps": self.step, "time": self.budget.to_dict()}
             atomic_write(self.run_dir / "metrics.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
         return result
