@@ -328,26 +328,30 @@ def test_from_config_object_rebuilds_same_architecture():
 # ------------------------------------------------------------------------------------------ decoder widths
 
 
-@pytest.mark.parametrize("encoder, auto, mirror", [
-    ("plain", (512, 256, 128, 64), (512, 256, 128, 64)),                # the plain UNet keeps the paper's
-    ("vgg16", (128, 64, 32, 16), (512, 256, 128, 64)),                  # 16 x reduction 8, 4, 2, 1
-    ("resnet34", (256, 128, 64, 32, 16), (256, 128, 64, 64, 32)),       # smp's Unet widths
-    ("resnet50", (256, 128, 64, 32, 16), (1024, 512, 256, 64, 32)),
-    ("mobilenet_v3_large", (112, 40, 24, 16, 16), (112, 40, 24, 16, 16)),  # never wider than the mirror
-    ("swin_t", (256, 128, 64, 32, 16), (384, 192, 96, 48, 24)),
+@pytest.mark.parametrize("encoder, auto, mirror, light", [
+    ("plain", "mirror", (512, 256, 128, 64), (128, 64, 32, 16)),          # the paper's widths by default
+    ("vgg16", "light", (512, 256, 128, 64), (128, 64, 32, 16)),           # 16 x reduction 8, 4, 2, 1
+    ("vgg16_bn", "light", (512, 256, 128, 64), (128, 64, 32, 16)),
+    ("resnet34", "mirror", (256, 128, 64, 64, 32), (256, 128, 64, 32, 16)),  # light: smp's Unet widths
+    ("resnet50", "mirror", (1024, 512, 256, 64, 32), (256, 128, 64, 32, 16)),
+    ("mobilenet_v3_large", "mirror", (112, 40, 24, 16, 16), (112, 40, 24, 16, 16)),  # never wider than mirror
+    ("swin_t", "mirror", (384, 192, 96, 48, 24), (256, 128, 64, 32, 16)),
 ])
-def test_decoder_widths_are_resolved_in_the_config(encoder: str, auto: tuple, mirror: tuple):
+def test_decoder_widths_are_resolved_in_the_config(encoder: str, auto: str, mirror: tuple, light: tuple):
     from unetkit import UNetConfig
 
     assert UNetConfig().decoder_channels == "auto"
+    widths = {"mirror": mirror, "light": light}
     model = UNet(encoder=encoder)
-    assert model.config.decoder_channels == model.decoder.out_channels == auto
-    assert model.head.in_channels == auto[-1]
+    assert model.encoder.decoder == auto
+    assert model.config.decoder_channels == model.decoder.out_channels == widths[auto]
+    assert model.head.in_channels == widths[auto][-1]
     for spec in ("mirror", "MIRROR", None, "none", ["mirror"]):  # None: what configs before "auto" hold
         assert UNet(encoder=encoder, decoder_channels=spec).config.decoder_channels == mirror
-    assert UNet.from_config(model.config.to_dict()).decoder.out_channels == auto
-    explicit = UNet(encoder=encoder, decoder_channels=[16] * len(auto))
-    assert explicit.config.decoder_channels == (16,) * len(auto)
+    assert UNet(encoder=encoder, decoder_channels="light").decoder.out_channels == light
+    assert UNet.from_config(model.config.to_dict()).decoder.out_channels == widths[auto]
+    explicit = UNet(encoder=encoder, decoder_channels=[16] * len(mirror))
+    assert explicit.config.decoder_channels == (16,) * len(mirror)
 
 
 def test_decoder_widths_follow_depth_and_bad_values_are_clear():
@@ -355,6 +359,7 @@ def test_decoder_widths_follow_depth_and_bad_values_are_clear():
 
     assert UNet(encoder="vgg16", depth=3).config.decoder_channels == (32, 16)  # reductions 2, 1
     assert UNet(encoder="vgg16", depth=3, decoder_channels="mirror").config.decoder_channels == (128, 64)
+    assert UNet(encoder="resnet18", depth=3, decoder_channels="light").config.decoder_channels == (64, 32, 16)
     for bad in ("wide", [256, "mirror"], [8, 0]):
         with pytest.raises(ValueError, match="decoder_channels must be"):
             UNetConfig(decoder_channels=bad)
@@ -368,7 +373,8 @@ def test_decoder_channels_flag_takes_a_word_or_widths():
     parser = argparse.ArgumentParser()
     add_model_options(parser, suppress=False)
     assert model_config_from_args(parser.parse_args([])).decoder_channels == "auto"
-    assert model_config_from_args(parser.parse_args(["--decoder-channels", "mirror"])).decoder_channels == "mirror"
+    for word in ("mirror", "light", "auto"):
+        assert model_config_from_args(parser.parse_args(["--decoder-channels", word])).decoder_channels == word
     args = parser.parse_args(["--decoder-channels", "64", "32"])
     assert model_config_from_args(args).decoder_channels == (64, 32)
     from unetkit.train import TrainConfig  # the train flags' path: typed values, then the model config

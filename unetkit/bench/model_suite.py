@@ -98,7 +98,7 @@ def run_bench(config: UNetConfig | None = None, size: int = 256, batch: int = 4,
             (``smp_encoder`` overrides; encoders smp lacks, e.g. ``plain``, compare with ``vgg16``).
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (:func:`unetkit.device.resolve_device`).
         decoders: more of our models, ``config`` with each of these ``decoder_channels`` (``"auto"``,
-            ``"mirror"`` or widths), timed in the same rounds; reported as ``unetkit[<spec>]``, with ratios
+            ``"mirror"``, ``"light"`` or widths), timed in the same rounds; reported as ``unetkit[<spec>]``, with ratios
             to smp prefixed by that key (``"unetkit[mirror]/train_images_per_s"``).
         phases: any of ``"train"``, ``"infer1"`` (batch-1 latency), ``"inferN"`` (``infer_batch`` throughput).
         profile: add the top operators of one step per model and phase (``torch.profiler``).

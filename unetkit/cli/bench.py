@@ -64,8 +64,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compare", choices=("smp",), default=None,
                    help="also measure segmentation_models.pytorch's Unet with the same encoder")
     p.add_argument("--decoders", nargs="+", default=(), metavar="SPEC",
-                   help="also time our model with these decoder widths in the same rounds: auto, mirror or "
-                        "comma-separated widths, e.g. --decoders mirror 256,128,64,32")
+                   help="also time our model with these decoder widths in the same rounds: auto, mirror, light "
+                        "or comma-separated widths, e.g. --decoders mirror 256,128,64,32")
     p.add_argument("--smp-encoder", default=None,
                    help="smp encoder to compare with (None: the same name when smp has it, else vgg16)")
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
@@ -110,7 +110,8 @@ def _check(args: argparse.Namespace) -> tuple[list[str], UNetConfig, torch.devic
 
 
 def _decoders(args: argparse.Namespace, config: UNetConfig) -> list[str | tuple[int, ...]]:
-    """``--decoders``: each ``auto``, ``mirror`` or comma-separated widths, checked as the model checks them."""
+    """``--decoders``: each ``auto``, ``mirror``, ``light`` or comma-separated widths, checked as the model
+    checks them."""
     specs: list[str | tuple[int, ...]] = []
     for text in args.decoders:
         parts = [t for t in text.replace(" ", ",").split(",") if t]

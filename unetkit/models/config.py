@@ -1,10 +1,10 @@
 """``UNetConfig``: every option of the model in one dataclass, the single source of truth.
 
 ``UNet(config)`` and ``UNet(**kwargs)`` build from it, ``model.config`` is it (with ``depth``,
-``base_channels`` and ``decoder_channels`` resolved), a checkpoint stores ``config.to_dict()`` once, ``TrainConfig.model`` holds
-one, and the command line's model flags (``train``, ``info``, ``bench``) are generated from its fields:
-their help text and choices live in each field's metadata below. Adding a model option means adding a
-field here and using it in :class:`unetkit.UNet`.
+``base_channels`` and ``decoder_channels`` resolved), a checkpoint stores ``config.to_dict()`` once,
+``TrainConfig.model`` holds one, and the command line's model flags (``train``, ``info``, ``bench``) are
+generated from its fields: their help text and choices live in each field's metadata below. Adding a model
+option means adding a field here and using it in :class:`unetkit.UNet`.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ class UNetConfig:
 
     ``depth=None`` means all of the encoder's stages (5 for the plain encoder); ``base_channels=None``
     means 64. Both are resolved in ``model.config``; ``unetkit train`` plans them from the data.
-    ``decoder_channels`` is resolved there too, to the widths built (``"auto"``, ``"mirror"`` and ``None``
-    become numbers), so a checkpoint rebuilds the same network whatever a later version's default is.
+    ``decoder_channels`` is resolved there too, to the widths built (``"auto"``, ``"mirror"``, ``"light"``
+    and ``None`` become numbers), so a checkpoint rebuilds the same network whatever a later default is.
     """
 
     num_classes: int = option(2, "output channels (1 for a binary model read through a sigmoid)")
@@ -51,9 +51,9 @@ class UNetConfig:
                                              "(64 when not planned)")
     depth: int | None = option(None, "number of encoder stages (all of the encoder's when not planned)")
     decoder_channels: tuple[int, ...] | str | None = option(
-        "auto", "decoder widths, coarse to fine: auto (default) mirrors the plain encoder and gives a backbone "
-                "16 x each stage's reduction, 256 at most (smp's 256, 128, 64, 32, 16), never more than "
-                "mirror; mirror (or none): each stage as wide as its skip, the default before; or the widths")
+        "auto", "decoder widths, coarse to fine: mirror (or none): each stage as wide as its skip; light: 16 x "
+                "each stage's reduction, at most 256 and at most mirror (smp's 256, 128, 64, 32, 16); auto "
+                "(default): light for vgg16/vgg16_bn, mirror for the other encoders; or the widths")
     upsample: str = option("transpose", "how the decoder upsamples", UPSAMPLE_MODES)
     skip: str = option("interpolate", "how a skip and the upsampled map are matched at odd sizes", SKIP_MODES)
     padding: str = option("same", "same, or valid (unpadded convs, the 2015 paper; plain encoder only)",
@@ -75,13 +75,14 @@ class UNetConfig:
             dc = dc[0]
         if isinstance(dc, str):
             dc = None if dc.lower() in ("none", "null", "") else dc.lower()
-            if dc not in (None, "auto", "mirror"):
-                raise ValueError(f"decoder_channels must be auto, mirror or a list of widths, not {dc!r}")
+            if dc not in (None, "auto", "mirror", "light"):
+                raise ValueError(f"decoder_channels must be auto, mirror, light or a list of widths, not {dc!r}")
         elif dc is not None:
             try:
                 dc = tuple(int(c) for c in dc) or None
             except (TypeError, ValueError):
-                raise ValueError(f"decoder_channels must be auto, mirror or a list of widths, not {dc!r}") from None
+                raise ValueError(f"decoder_channels must be auto, mirror, light or a list of widths, "
+                                 f"not {dc!r}") from None
             if dc is not None and min(dc) < 1:
                 raise ValueError(f"decoder_channels must be positive widths, not {list(dc)}")
         self.decoder_channels = dc

@@ -136,18 +136,22 @@ def light_decoder_channels(encoder_channels: Sequence[int], reductions: Sequence
             for m, r in zip(mirror, stage_reductions(reductions))]
 
 
+#: The named decoder widths: ``mirror`` (:func:`default_decoder_channels`) and ``light``
+#: (:func:`light_decoder_channels`); ``auto`` is the one the encoder declares (``Encoder.decoder``).
+DECODER_WIDTHS = {"mirror": default_decoder_channels, "light": light_decoder_channels}
+
+
 def resolve_decoder_channels(spec: Sequence[int] | str | None, encoder_channels: Sequence[int],
-                             reductions: Sequence[int], plain: bool) -> tuple[int, ...]:
-    """The widths ``UNetConfig.decoder_channels`` stands for: ``"auto"`` is :func:`light_decoder_channels`
-    for a backbone and the mirror for the plain encoder; ``"mirror"`` and ``None`` (what configs of earlier
-    versions hold) the mirror, :func:`default_decoder_channels`; a sequence is itself."""
-    if spec == "auto" and not plain:
-        return tuple(light_decoder_channels(encoder_channels, reductions))
-    if spec in (None, "auto", "mirror"):
-        return tuple(default_decoder_channels(encoder_channels, reductions))
-    if isinstance(spec, str):
-        raise ValueError(f"decoder_channels must be auto, mirror or a list of widths, not {spec!r}")
-    return tuple(int(c) for c in spec)
+                             reductions: Sequence[int], auto: str = "mirror") -> tuple[int, ...]:
+    """The widths ``UNetConfig.decoder_channels`` stands for: ``"mirror"`` and ``None`` (what configs of
+    earlier versions hold) :func:`default_decoder_channels`, ``"light"`` :func:`light_decoder_channels`,
+    ``"auto"`` the one named by ``auto`` (the encoder's choice); a sequence is itself."""
+    name = auto if spec == "auto" else "mirror" if spec is None else spec
+    if isinstance(name, str):
+        if name not in DECODER_WIDTHS:
+            raise ValueError(f"decoder_channels must be auto, mirror, light or a list of widths, not {spec!r}")
+        return tuple(DECODER_WIDTHS[name](encoder_channels, reductions))
+    return tuple(int(c) for c in name)
 
 
 class UNetDecoder(nn.Module):

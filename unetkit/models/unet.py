@@ -34,9 +34,10 @@ class UNet(nn.Module):
       (no gradients, BatchNorm kept in eval mode);
     * ``base_channels``, ``depth``: the plain encoder's first width and number of stages (64 and 5: the
       paper's 64..1024); ``depth`` also truncates other encoders' stages;
-    * ``decoder_channels`` (coarse to fine; ``"auto"``: a backbone's decoder is 16 x each stage's reduction
-      wide, at most 256 and at most the mirror, the plain encoder's mirrors it; ``"mirror"``/``None``: each
-      stage as wide as its skip; or the widths), ``upsample`` (``transpose`` |
+    * ``decoder_channels`` (coarse to fine; ``"mirror"``/``None``: each stage as wide as its skip;
+      ``"light"``: 16 x each stage's reduction, at most 256 and at most the mirror, smp's widths;
+      ``"auto"``: the one the encoder declares, light for VGG, mirror for the others; or the widths),
+      ``upsample`` (``transpose`` |
       ``bilinear`` | ``pixelshuffle``), ``skip`` (``crop`` | ``pool`` | ``interpolate`` | ``pad``: with
       ``padding="same"`` the output always has the input's size), ``padding`` (``same`` | ``valid``: the
       paper's unpadded convs, 572x572 in, 388x388 out), ``norm`` (``batch`` | ``none``);
@@ -56,7 +57,7 @@ class UNet(nn.Module):
             self.encoder = get_encoder(cfg.encoder, cfg.in_channels, cfg.encoder_weights, cfg.depth)
         num_classes = cfg.num_classes
         enc_ch, red = self.encoder.out_channels, self.encoder.reductions
-        widths = resolve_decoder_channels(cfg.decoder_channels, enc_ch, red, plain=cfg.encoder == "plain")
+        widths = resolve_decoder_channels(cfg.decoder_channels, enc_ch, red, self.encoder.decoder)
         self.config = cfg.replace(depth=len(enc_ch), decoder_channels=widths)
         self.bottleneck_attention = SelfAttention(enc_ch[-1]) if cfg.attention == "self" else None
         self.decoder = UNetDecoder(enc_ch, red, widths, cfg.upsample, cfg.skip, cfg.padding, cfg.norm)

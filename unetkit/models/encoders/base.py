@@ -24,12 +24,15 @@ class Encoder(nn.Module):
             non-decreasing).
         mean, std: the input normalisation the encoder's pretrained weights expect (``None`` when it is
             trained from scratch); it travels with the model into checkpoints and the data pipeline.
+        decoder: the decoder widths ``decoder_channels="auto"`` builds on it: ``"mirror"`` (each stage as
+            wide as its skip) or ``"light"`` (see :func:`unetkit.models.decoder.light_decoder_channels`).
     """
 
     out_channels: tuple[int, ...]
     reductions: tuple[int, ...]
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    decoder: str = "mirror"
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -47,9 +47,14 @@ def torchvision_vgg(arch: str) -> models.VGG:
 
 
 class VGGEncoder(FeaturesEncoder):
-    """torchvision's VGG ``arch`` features, returning the output of each conv block (before its pool)."""
+    """torchvision's VGG ``arch`` features, returning the output of each conv block (before its pool).
+
+    Its default decoder is the light one (128, 64, 32, 16 at full depth): the mirror (512..64) makes the
+    whole network 2.1x the FLOPs and was not more accurate at equal training time (docs/performance.md).
+    """
 
     stem_conv = "features.0"
+    decoder = "light"
 
     def __init__(self, arch: str = "vgg16", in_channels: int = 3, depth: int | None = None) -> None:
         full = torchvision_vgg(arch)
