@@ -222,14 +222,12 @@ def is_volume_folder(root: str | os.PathLike) -> bool:
     return False
 
 
-def _pair(root: Path, img_dir: Path, mask_dir: Path | None) -> list[VolumeCase]:
+def _pair(root: Path, img_dir: Path, mask_dir: Path) -> list[VolumeCase]:
     images = _volume_entries(img_dir)
     rel_img = _rel(root, img_dir)
     if not images:
         raise DatasetError(f"{rel_img}/ holds no volumes (.nii, .nii.gz, .nrrd, .mha, .mhd or DICOM series "
                            "folders); add them or point to the right folder")
-    if mask_dir is None:
-        return [VolumeCase(s, p, None, _rel(root, p), None) for s, p in images.items()]
     if not mask_dir.is_dir():
         raise DatasetError(f"{_rel(root, mask_dir)}/ not found next to {rel_img}/; put one label volume per case "
                            "there with the same name (see docs/volumes.md)")
@@ -357,13 +355,12 @@ def scan_volumes(
     context: int = 0,
     slice_axis: int | None = None,
     spacing: Sequence[float] | str | None = None,
-    labels: bool = True,
     num_threads: int | None = None,
 ) -> VolumeScan:
     """Read and check a volume folder completely; cases are split (never slices) into train and val.
 
     ``spacing`` (two numbers, mm) fixes the in-plane spacing and ``"native"`` keeps each scan's; by default
-    it is planned from the training cases (:func:`plan_spacing`). ``labels=False`` reads images only (a folder of scans to predict).
+    it is planned from the training cases (:func:`plan_spacing`).
     """
     root = Path(root)
     if context < 0:
@@ -377,10 +374,10 @@ def scan_volumes(
     else:
         raise DatasetError(f"{root} has no images/ folder; expected {root}/images + {root}/masks with one "
                            "volume per case")
-    train = _pair(root, img_dir, mask_dir if labels else None)
+    train = _pair(root, img_dir, mask_dir)
     val: list[VolumeCase] | None = None
     if (root / "val" / "images").is_dir():
-        val = _pair(root, root / "val" / "images", root / "val" / "masks" if labels else None)
+        val = _pair(root, root / "val" / "images", root / "val" / "masks")
     train, val, val_source = split_items(train, val, val_fraction, seed)
     cases = train + val
     threads = num_threads or min(4, (os.cpu_count() or 1) + 1)
