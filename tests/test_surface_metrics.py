@@ -299,3 +299,16 @@ def test_per_case_metrics_means_rows_reset():
     res = metric.compute()
     assert res["cases"] == [] and res["num_cases"] == 0 and all(math.isnan(v) for v in res["mean"]["dice"])
     assert PerCaseMetrics(3).rows() == [] and PerCaseMetrics(3).reported_names == ["class_1", "class_2"]
+
+
+def test_scored_cases_merge_in_case_order():
+    """What evaluation gathers across processes: each process's scored cases, merged sorted by name."""
+    a, b = PerCaseMetrics(3), PerCaseMetrics(3)
+    truth = np.zeros((4, 6, 6), np.uint8)
+    truth[1:3, 1:4, 1:4] = 1
+    b.update("case_b", truth, truth, (1.0, 1.0, 1.0))
+    a.update("case_a", np.zeros_like(truth), truth, (1.0, 1.0, 1.0))
+    a.merge(a.scored() + b.scored())
+    out = a.compute()
+    assert [c["case"] for c in out["cases"]] == ["case_a", "case_b"]
+    assert out["cases"][0]["dice"][0] == 0.0 and out["cases"][1]["dice"][0] == 1.0

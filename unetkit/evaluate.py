@@ -267,11 +267,9 @@ def _gather_cases(per_case: Any) -> dict[str, Any]:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        mine = list(per_case._cases)
         everyone: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(everyone, mine)
-        per_case.reset()
-        per_case._cases.extend(sorted((c for part in everyone for c in part), key=lambda c: c[0]))
+        dist.all_gather_object(everyone, per_case.scored())
+        per_case.merge([c for part in everyone for c in part])
     return per_case.compute()
 
 

@@ -372,6 +372,14 @@ class PerCaseMetrics:
 
     table = rows
 
+    def scored(self) -> list[tuple[str, dict[str, list[float]]]]:
+        """The ``(case, metrics)`` pairs scored so far (e.g. to gather them across processes)."""
+        return list(self._cases)
+
+    def merge(self, scored: list[tuple[str, dict[str, list[float]]]]) -> None:
+        """Replace the cases with ``scored`` (pairs from :meth:`scored` of every process), in case order."""
+        self._cases = sorted(scored, key=lambda c: c[0])
+
     def reset(self) -> None:
         """Forget every case."""
         self._cases.clear()

@@ -195,7 +195,9 @@ def make_plan(fp: Fingerprint, cfg: TrainConfig, device: torch.device | str = "c
                                 "labels, then z-score with their mean and std (as nnU-Net)")
     elif fp.dtype == "uint16" or (fp.dtype == "float32" and (min(fp.minimum) < 0 or max(fp.maximum) > 1)):
         scheme = "percentile"
-        why["normalization"] = (f"{'16-bit' if fp.dtype == 'uint16' else 'unscaled float'} images: clip "
+        kind = ("volumes in scanner units" if fp.spacing is not None else
+                "16-bit images" if fp.dtype == "uint16" else "unscaled float images")
+        why["normalization"] = (f"{kind}: clip "
                                 "outliers to the 0.5-99.5 percentiles, then z-score")
     else:
         scheme = "zscore"
