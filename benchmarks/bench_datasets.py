@@ -24,6 +24,12 @@ and ``--no-smp`` skips it. E.g. two decoder widths of a VGG16 UNet:
         --variant "auto=--encoder vgg16" --variant "mirror=--encoder vgg16 --decoder-channels mirror" \\
         --smp-encoder vgg16 --json benchmarks/results/decoder_widths.json
 
+``--seeds 0,1,2`` runs every variant once per seed; ``--budget 0`` trains the planned length (the CLI's
+default), so variants do the same steps. E.g. fp32 against bf16 autocast at the defaults:
+
+    python benchmarks/bench_datasets.py --suite /tmp/devsuite --budget 0 --seeds 0,1,2 --no-smp \
+        --variant "fp32=--amp off" --variant "bf16=--amp bf16" --json benchmarks/results/bf16_devsuite.json
+
 Every run is a separate process, so peak memory is that run's alone. See docs/benchmarks.md.
 """
 
@@ -60,7 +66,9 @@ def data_arg(suite: Path, name: str) -> str:
 
 
 def ours(data: str, budget: float, out: Path, flags: Sequence[str] = ()) -> dict[str, Any]:
-    r = run_process([sys.executable, "-m", "unetkit", "train", "--data", data, "--time", f"{budget:.0f}s",
+    """(a): ``unetkit train`` with ``flags``, under ``budget`` seconds (0: the planned length)."""
+    limit = ["--time", f"{budget:.0f}s"] if budget > 0 else []
+    r = run_process([sys.executable, "-m", "unetkit", "train", "--data", data, *limit,
                      "--out", str(out), "--quiet", *flags], log=out.with_suffix(".log"))
     if r["rc"] == 0:
         m = json.loads((out / "metrics.json").read_text())
@@ -166,7 +174,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description="Development-suite benchmark: ours vs previous defaults vs smp.")
     p.add_argument("--suite", type=Path, help="folder written by benchmarks/devsuite.py")
     p.add_argument("--datasets", default=",".join(DATASETS))
-    p.add_argument("--budget", type=float, default=180.0, help="seconds per training run")
+    p.add_argument("--budget", type=float, default=180.0,
+                   help="seconds per training run (0: the planned length, the CLI's default)")
+    p.add_argument("--seeds", default="0", help="comma list: run (a) once per variant and seed (--seed)")
     p.add_argument("--previous-src", type=Path, help="source tree of the previous unetkit version")
     p.add_argument("--big", action="store_true", help="also measure memory on 4000x4000 images")
     p.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS",
@@ -195,12 +205,16 @@ def main() -> None:
         data = data_arg(args.suite, name) if args.suite else name
         row: dict[str, Any] = {}
         order = list(variants) if i % 2 == 0 else list(variants)[::-1]  # alternate who goes first
-        for vname in order:
-            row[vname] = ours(data, args.budget, work / f"{name}-{vname}", variants[vname])
+        seeds = [int(x) for x in args.seeds.split(",")]
+        for seed in seeds:
+            for vname in order:
+                key = vname if len(seeds) == 1 else f"{vname}/seed{seed}"
+                flags = variants[vname] + (["--seed", str(seed)] if len(seeds) > 1 else [])
+                row[key] = ours(data, args.budget, work / f"{name}-{key.replace('/', '-')}", flags)
         if args.previous_src:
             row["previous"] = previous(data, args.previous_src, work / f"{name}-previous")
         if not args.no_smp:
-            first = row[next(iter(variants))]
+            first = next(iter(row.values()))
             row["smp"] = smp_reference(data, first["seconds"], work / f"{name}-smp", args.smp_encoder)
         results["datasets"][name] = row
         print(name, json.dumps({k: {kk: v.get(kk) for kk in ("rc", "miou", "seconds", "peak_mb", "steps")}

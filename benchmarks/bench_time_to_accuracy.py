@@ -1,8 +1,9 @@
-"""Time to accuracy on the demo: fp32 against bf16 autocast on a CPU, and what bf16 does to predictions.
+"""Time to accuracy on the demo: fp32 against bf16 autocast (CPU or GPU), and what bf16 does to predictions.
 
 For each seed it trains the demo (``unetkit train``: the built-in ct-chest slices, everything planned) once
-per precision (``--amp off`` = fp32, ``--amp bf16``), each in its own process, alternating which goes first,
-and reads the run's ``metrics.csv``:
+per mode (``fp32`` = ``--amp off``, ``bf16``, ``fp16`` (CUDA); a ``-ddp`` suffix, e.g. ``bf16-ddp``, launches
+that run under ``torchrun`` as a one-process DDP job: NCCL on a GPU, gloo on a CPU), each in its own process,
+alternating which goes first, and reads the run's ``metrics.csv``:
 
 * **time to 0.90**: the run's setup time plus the ``seconds`` of every epoch (training and validation) up
   to the first validation with mIoU >= ``--target``; checkpoint and picture writes are left out (the same
@@ -18,6 +19,9 @@ Then, with the first seed's fp32 checkpoint (``best.pt``), in this process:
   ``unetkit evaluate`` runs) on all the demo's slices: % identical pixels, and the validation mIoU of both.
 
     python benchmarks/bench_time_to_accuracy.py --seeds 0 1 [--time 60s] [--threads 1] [--out results.json]
+    python benchmarks/bench_time_to_accuracy.py --device cuda --modes fp32 bf16 bf16-ddp --infer-rounds 0
+
+The inference part runs on the CPU only (on a GPU, ``unetkit bench --suite predict`` compares the paths).
 
 Timings on a shared CPU are noisy: the training runs alternate, the inference rounds are interleaved, and
 the report states the load average before and after.
@@ -38,7 +42,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-MODES = {"fp32": "off", "bf16": "bf16"}
+MODES = {"fp32": "off", "bf16": "bf16", "fp16": "fp16"}
+CHOICES = [*MODES, *(f"{m}-ddp" for m in MODES)]
 
 
 def read_metrics(run: Path, target: float) -> dict[str, Any]:
@@ -66,9 +71,11 @@ def read_metrics(run: Path, target: float) -> dict[str, Any]:
 
 
 def train(mode: str, seed: int, budget: str | None, out: Path, target: float,
-          threads: int | None = None) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "unetkit", "train", "--amp", MODES[mode], "--seed", str(seed), "--out", str(out),
-           "--quiet", "--overwrite"]
+          threads: int | None = None, device: str = "cpu") -> dict[str, Any]:
+    amp, ddp = mode.removesuffix("-ddp"), mode.endswith("-ddp")
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1"] if ddp else []
+    args = ["train", "--amp", MODES[amp], "--seed", str(seed), "--device", device]
+    cmd = [sys.executable, *launcher, "-m", "unetkit", *args, "--out", str(out), "--quiet", "--overwrite"]
     if budget:
         cmd += ["--time", budget]
     log = out.with_suffix(".log")
@@ -77,8 +84,8 @@ def train(mode: str, seed: int, budget: str | None, out: Path, target: float,
         env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
         rc = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     r: dict[str, Any] = {"mode": mode, "seed": seed, "rc": rc, "wall_s": round(time.perf_counter() - t0, 1),
-                         "command": f"unetkit train --amp {MODES[mode]} --seed {seed}"
-                                    + (f" --time {budget}" if budget else "")}
+                         "command": ("torchrun --standalone --nproc-per-node 1 -m " if ddp else "")
+                                    + "unetkit " + " ".join(args) + (f" --time {budget}" if budget else "")}
     if rc == 0:
         r.update(read_metrics(out, target))
     else:
@@ -149,7 +156,8 @@ def main() -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--time", default=None, help="time budget per run, e.g. 60s (default: the demo's planned length)")
     p.add_argument("--target", type=float, default=0.90, help="val mIoU to reach (default 0.90)")
-    p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    p.add_argument("--modes", nargs="+", default=["fp32", "bf16"], choices=CHOICES)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (passed to unetkit train --device)")
     p.add_argument("--infer-rounds", type=int, default=7, help="interleaved inference rounds (0: skip inference)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads per process (default: torch's default, one per core); 1 keeps runs from "
@@ -166,12 +174,12 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    machine = machine_info("cpu")
+    machine = machine_info(args.device)
     probe = probe_cpu_bf16()
-    print(f"CPU: {machine['cpu']} ({machine['cpu_count']} cores, {machine['torch_threads']} torch threads, "
+    print(f"{machine.get('gpu', 'no GPU')}; CPU: {machine['cpu']} ({machine['cpu_count']} cores, {machine['torch_threads']} torch threads, "
           f"torch {machine['torch']}); bf16 probe: {probe['bf16_ms']:.3f} ms vs fp32 {probe['fp32_ms']:.3f} ms "
           f"(ratio {probe['ratio']}, native: {probe['native_bf16']})", flush=True)
-    results: dict[str, Any] = {"machine": machine, "bf16_probe": probe, "target": args.target, "budget": args.time,
+    results: dict[str, Any] = {"machine": machine, "device": args.device, "bf16_probe": probe, "target": args.target, "budget": args.time,
                                "load_before": os.getloadavg(), "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         base = args.keep or Path(tmp)
@@ -179,14 +187,15 @@ def main() -> int:
         for k, seed in enumerate(args.seeds):
             order = args.modes if k % 2 == 0 else args.modes[::-1]  # alternate who goes first
             for mode in order:
-                r = train(mode, seed, args.time, base / f"{mode}_seed{seed}", args.target, args.threads)
+                r = train(mode, seed, args.time, base / f"{mode}_seed{seed}", args.target, args.threads,
+                          args.device)
                 results["runs"].append(r)
                 reached = (r.get("time_to_target") or {}).get("seconds")
                 print(f"{mode} seed {seed}: rc {r['rc']}, wall {r['wall_s']} s, steps {r.get('steps')}, "
                       f"{r.get('s_per_step')} s/step, {args.target} reached at {reached} s, best val mIoU "
                       f"{r.get('best_val_miou')} (final {r.get('final_miou')})", flush=True)
         first = next((r for r in results["runs"] if r["mode"] == "fp32" and r["rc"] == 0), None)
-        if args.infer_rounds > 0 and first is not None:
+        if args.infer_rounds > 0 and first is not None and args.device == "cpu":
             ckpt = base / f"fp32_seed{first['seed']}" / "best.pt"
             results["inference"] = inference(ckpt, args.infer_rounds)
             results["inference"]["checkpoint"] = f"fp32 run, seed {first['seed']}, best.pt"

@@ -1,10 +1,11 @@
-"""Run by ``torchrun`` in tests/test_distributed.py: train a tiny model with DDP (gloo, CPU).
+"""Run by ``torchrun`` in tests/test_distributed.py: train a tiny model with DDP (gloo, CPU), and in
+tests/test_cuda.py with ``DDP_DEVICE=cuda`` (NCCL).
 
 Usage: ``torchrun --nproc-per-node 2 tests/ddp_worker.py OUT_DIR EPOCHS [resume]``; ``FAIL_RANK=R`` makes
 rank R raise in its second epoch; ``FAIL_ONCE_RANK=R`` makes rank R die in its second epoch on torchrun's
 first attempt only (for ``--max-restarts``). Each rank saves its parameters (not BatchNorm buffers: DDP
 broadcasts rank 0's at each forward) at the end of training (before the final evaluation reloads best.pt)
-as ``rank{R}.pt``.
+as ``rank{R}.pt``, and prints the process group's backend.
 """
 
 from __future__ import annotations
@@ -35,13 +36,15 @@ class CapturingTrainer(Trainer):
         model = self.model.module if hasattr(self.model, "module") else self.model
         params = {k: v.detach() for k, v in model.named_parameters()}
         torch.save(params, self.run_dir / f"rank{os.environ['RANK']}.pt")
+        print(f"rank {os.environ['RANK']} backend {torch.distributed.get_backend()} device {self.dist.device}")
         return super().finish()
 
 
 def main() -> None:
     out, epochs = Path(sys.argv[1]), int(sys.argv[2])
     resume = out if len(sys.argv) > 3 and sys.argv[3] == "resume" else None
-    cfg = TrainConfig.from_dict({**TINY, "out": str(out), "epochs": epochs})
+    cfg = TrainConfig.from_dict({**TINY, "out": str(out), "epochs": epochs,
+                                 "device": os.environ.get("DDP_DEVICE", "cpu")})
     CapturingTrainer(cfg, resume=resume, progress=False, log=print).run()
     cleanup_distributed()
 

@@ -277,3 +277,76 @@ def test_prepare_inference_keeps_outputs(channels_last):
     with torch.inference_mode():
         out = fast(example)
     assert (out - ref).abs().max().item() <= 1e-5 * max(1.0, ref.abs().max().item())
+
+
+# ----------------------------------------------------------------------------------------- precision
+def test_amp_variants_run_under_their_autocast():
+    from unetkit.bench.harness import Variant, train_step
+
+    rep = run_bench(**{**TINY, "iters": 1}, phases=("train", "infer1"), channels_last="off", amp=("off", "bf16"))
+    assert sorted((r["phase"], r["amp"]) for r in rep["rows"]) == [
+        ("infer1", "bf16"), ("infer1", "fp32"), ("train", "bf16"), ("train", "fp32")]
+    assert rep["config"]["amp"] == ["fp32", "bf16"]
+    flops = {(r["phase"], r["amp"]): r["flops_per_step"] for r in rep["rows"]}
+    assert flops[("train", "bf16")] == flops[("train", "fp32")]  # same work, other precision
+    assert "bf16" in format_report(rep)
+    # The step itself: forward in bf16, loss, parameters and gradients in fp32.
+    model = UNet(encoder="plain", base_channels=4)
+    v = Variant("unetkit", "nchw", False, False, model, model, torch.randn(2, 3, 32, 32),
+                torch.randint(0, 2, (2, 32, 32)), torch.optim.SGD(model.parameters(), lr=1e-3), amp=torch.bfloat16)
+    with v.autocast():
+        assert model(v.x).dtype == torch.bfloat16
+    before = [p.detach().clone() for p in model.parameters()]
+    train_step(v)
+    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in model.parameters())
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    assert v.label == "unetkit/nchw+bf16"
+
+
+def test_cli_amp_errors_exit_2(capsys):
+    assert main(["bench", "--amp", "fp16", "--quiet"]) == 2
+    assert "needs a CUDA device" in capsys.readouterr().err
+    assert main(["bench", "--amp", "off,fp8", "--quiet"]) == 2
+    assert "--amp takes" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------- predict paths
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("predict-bench")
+    cfg = d / "c.yaml"
+    cfg.write_text("data: shapes\nbase_channels: 4\ndepth: 3\nbatch_size: 2\nepochs: 2\nsamples: 0\n"
+                   "boundary_f1: false\ndata_options: {size: 48, num_samples: 6, val_samples: 3}\n")
+    assert main(["train", "--config", str(cfg), "--out", str(d / "run"), "--quiet", "--device", "cpu"]) == 0
+    return d / "run"
+
+
+def test_predict_paths_side_by_side(tiny_run, tmp_path):
+    from unetkit.bench.predict_suite import available_paths, bench_predict, format_predict
+
+    pytest.importorskip("onnxruntime")
+    # conftest pins fp32 on the CPU, so --amp auto is fp32 here and bf16 is not offered.
+    assert available_paths(torch.device("cpu")) == ["eager", "fp32", "compile", "onnx", "int8"]
+    with pytest.raises(ValueError, match="bf16"):
+        bench_predict(tiny_run, paths=["bf16"], rounds=1)
+    rep = bench_predict(tiny_run, paths=["fp32", "onnx", "int8"], rounds=2, max_images=4)
+    rows = {r["path"]: r for r in rep["rows"]}
+    assert list(rows) == ["eager", "fp32", "onnx", "int8"]  # eager, the reference, always comes first
+    assert rep["images"] == 4 and rep["image_size"] == [48, 48] and rep["default_path"] == "fp32"
+    assert rows["eager"]["speedup"] == 1.0 and rows["eager"]["identical_pixels"] == 1.0
+    for r in rows.values():
+        assert len(r["times_s"]) == 2 and r["images_per_s"] == pytest.approx(4 / r["seconds"])
+        assert r["speedup"] == pytest.approx(rows["eager"]["seconds"] / r["seconds"])
+        assert r["default"] == (r["path"] == "fp32")
+    assert rows["fp32"]["identical_pixels"] > 0.99 and rows["onnx"]["identical_pixels"] > 0.99
+    assert 0.5 < rows["int8"]["identical_pixels"] <= 1.0
+    assert "fp32 (default)" in format_predict(rep)
+    out = tmp_path / "p.json"
+    assert main(["bench", "--suite", "predict", "--run", str(tiny_run), "--paths", "fp32", "--iters", "1",
+                 "--quiet", "--json", str(out)]) == 0
+    assert [r["path"] for r in json.loads(out.read_text())["rows"]] == ["eager", "fp32"]
+
+
+def test_cli_predict_suite_needs_a_run(capsys):
+    assert main(["bench", "--suite", "predict", "--quiet"]) == 2
+    assert "--run" in capsys.readouterr().err

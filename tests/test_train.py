@@ -263,3 +263,24 @@ def test_tensorboard_scalars_match_metrics_csv(trained):
     assert [e.value for e in loss] == pytest.approx([float(r["train_loss"]) for r in rows], rel=1e-6)
     assert [e.value for e in events.Scalars("val/val_miou")] == pytest.approx(
         [float(r["val_miou"]) for r in rows if r["val_miou"]], rel=1e-6)
+
+
+def test_adam_optimizers_are_fused_and_update_like_the_plain_loop():
+    from unetkit.train.optim import build_optimizer
+
+    torch.manual_seed(0)
+    ref = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(7))]
+    ours = [torch.nn.Parameter(p.detach().clone()) for p in ref]
+    cfg = TrainConfig(optimizer="adamw", lr=1e-2, weight_decay=1e-2)
+    opt = build_optimizer(cfg, ours)
+    plain = torch.optim.AdamW(ref, lr=1e-2, weight_decay=1e-2, foreach=False)
+    assert opt.defaults["fused"] is True
+    for step in range(3):
+        g = [torch.randn_like(p) for p in ref]
+        for p, q, gi in zip(ref, ours, g):
+            p.grad, q.grad = gi.clone(), gi.clone()
+        plain.step()
+        opt.step()
+        for p, q in zip(ref, ours):
+            assert torch.allclose(p, q, atol=1e-6), step
+    assert build_optimizer(TrainConfig(optimizer="adam"), [torch.nn.Parameter(torch.ones(2))]).defaults["fused"]

@@ -33,7 +33,7 @@ def format_report(report: dict[str, Any], markdown: bool = False) -> str:
     conv = (f"; reference conv ({peak['conv']}): {peak['conv_gflops']:.1f} GFLOP/s"
             if "conv_gflops" in peak else "")
     lines = [f"{mach['cpu']} ({mach['cpu_count']} cores, {mach['torch_threads']} threads, "
-             f"{mach['cpu_capability']}){gpu}, torch {mach['torch']}, {cfg['dtype']}, "
+             f"{mach['cpu_capability']}){gpu}, torch {mach['torch']}, {'/'.join(cfg['amp'])}, "
              f"{cfg['size']}x{cfg['size']}, device {cfg['device']}",
              f"fp32 matmul peak (torch.mm n={peak['n']}, median of {len(peak['samples'])} rounds): "
              f"{peak['gflops']:.1f} GFLOP/s{conv}"]
@@ -41,11 +41,11 @@ def format_report(report: dict[str, Any], markdown: bool = False) -> str:
         extra = f", {m['train_flops'] / 1e9:.1f} GFLOP per training step" if "train_flops" in m else ""
         lines.append(f"{key}: {m['name']}, {m['params'] / 1e6:.2f}M params, "
                      f"{m['forward_flops'] / 1e9:.2f} GFLOP forward per image{extra}")
-    header = ("model", "phase", "batch", "layout", "compile", "fused", "median ms", "img/s", "GFLOP/s",
+    header = ("model", "phase", "batch", "layout", "amp", "compile", "fused", "median ms", "img/s", "GFLOP/s",
               "% mm peak", "% conv peak", "peak MB", "compile s")
     rows = []
     for r in report["rows"]:
-        rows.append((r["model"], r["phase"], str(r["batch"]), r["layout"], "yes" if r["compiled"] else "no",
+        rows.append((r["model"], r["phase"], str(r["batch"]), r["layout"], r["amp"], "yes" if r["compiled"] else "no",
                      "yes" if r["fused"] else "no", _fmt(r["latency_ms"]), _fmt(r["images_per_s"], ".2f"),
                      _fmt(r["gflops"]), _fmt(100 * r["frac_peak"]), _fmt(100 * r["frac_conv_peak"]),
                      _fmt(r["peak_mem_mb"], ".0f"),

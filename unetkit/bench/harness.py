@@ -1,6 +1,7 @@
 """The round-robin harness: measured variants, their steps, the timed rounds and one report row each.
 
-A variant is one configuration of one model (memory layout, compiled or not, conv+BN folded or not). The
+A variant is one configuration of one model (memory layout, precision, compiled or not, conv+BN folded or
+not). The
 rounds time one step of every variant in an order rotated each round, so slow spells of a shared machine
 hit them all alike; a row summarises one variant's times (medians) against its FLOPs.
 """
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..device import amp_name
 from ..infer import compile_for_inference, preferred_channels_last
 from ..timing import median, timed
 from .flops import main_output, train_loss
@@ -29,9 +31,11 @@ PHASES = ("train", "infer1", "inferN")
 
 @dataclass
 class Variant:
-    """One measured configuration: which model, layout, compiled, BN folded; its state and timings.
+    """One measured configuration: which model, layout, compiled, BN folded, autocast dtype; its state and
+    timings.
 
-    ``module`` is what runs (possibly ``torch.compile``'d), ``eager`` the ``nn.Module`` behind it.
+    ``module`` is what runs (possibly ``torch.compile``'d), ``eager`` the ``nn.Module`` behind it. ``amp`` is the
+    autocast dtype (``None``: fp32); an fp16 training variant steps through a ``GradScaler`` as training does.
     """
 
     model: str
@@ -43,6 +47,8 @@ class Variant:
     x: torch.Tensor
     y: torch.Tensor | None = None
     opt: torch.optim.Optimizer | None = None
+    amp: torch.dtype | None = None
+    scaler: torch.amp.GradScaler | None = None
     times: list[float] = field(default_factory=list)
     mem: int | None = None
     first_s: float = math.nan
@@ -50,7 +56,13 @@ class Variant:
     @property
     def label(self) -> str:
         extra = ("+compile" if self.compiled else "") + ("+fused" if self.fused else "")
+        if self.amp is not None:
+            extra += "+" + amp_name(self.amp)
         return f"{self.model}/{self.layout}{extra}"
+
+    def autocast(self) -> torch.autocast:
+        """The variant's autocast context (disabled for fp32)."""
+        return torch.autocast(self.x.device.type, dtype=self.amp, enabled=self.amp is not None)
 
 
 def layout_tensor(t: torch.Tensor, layout: str) -> torch.Tensor:
@@ -89,16 +101,24 @@ def compile_variant(module: nn.Module, compile_mode: str | None,
 
 
 def train_step(v: Variant) -> None:
-    """One SGD step of ``v`` on its batch."""
+    """One SGD step of ``v`` on its batch: forward under the variant's autocast, loss in fp32 as in training."""
     assert v.opt is not None and v.y is not None
     v.opt.zero_grad(set_to_none=True)
-    train_loss(main_output(v.module(v.x)), v.y).backward()
-    v.opt.step()
+    with v.autocast():
+        out = main_output(v.module(v.x))
+    loss = train_loss(out.float(), v.y)
+    if v.scaler is None:
+        loss.backward()
+        v.opt.step()
+    else:
+        v.scaler.scale(loss).backward()
+        v.scaler.step(v.opt)
+        v.scaler.update()
 
 
 def infer_step(v: Variant) -> None:
     """One forward pass of ``v`` under ``torch.inference_mode``."""
-    with torch.inference_mode():
+    with torch.inference_mode(), v.autocast():
         v.module(v.x)
 
 
@@ -136,7 +156,8 @@ def row(v: Variant, phase: str, batch: int, flops_per_step: int) -> dict[str, An
     med = median(v.times)
     gflops = flops_per_step / med / 1e9 if med > 0 else math.nan
     return {
-        "model": v.model, "phase": phase, "batch": batch, "layout": v.layout, "compiled": v.compiled,
+        "model": v.model, "phase": phase, "batch": batch, "layout": v.layout, "amp": amp_name(v.amp),
+        "compiled": v.compiled,
         "fused": v.fused, "iters": len(v.times), "times_s": v.times, "median_s": med, "min_s": min(v.times),
         "images_per_s": batch / med, "latency_ms": 1000 * med, "flops_per_step": flops_per_step,
         "gflops": gflops, "peak_mem_mb": None if v.mem is None else v.mem / 2**20,

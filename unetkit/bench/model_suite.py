@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..device import resolve_device
+from ..device import amp_name, resolve_amp, resolve_device
 from ..models import UNet, UNetConfig
 from ..models.fuse import fuse_conv_bn
 from ..timing import median
@@ -83,7 +84,7 @@ def run_bench(config: UNetConfig | None = None, size: int = 256, batch: int = 4,
               infer_batch: int = 8, decoders: Sequence[str | Sequence[int]] = (),
               phases: Sequence[str] = PHASES, smp_encoder: str | None = None, profile: bool = False,
               compile_mode: str | None = None, peak_n: int | None = None, keep_freed: bool = False,
-              seed: int = 0, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+              amp: Sequence[str] = ("off",), seed: int = 0, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Benchmark our UNet (and optionally smp's Unet); return the report dict (see ``docs/performance.md``).
 
     Args:
@@ -104,6 +105,9 @@ def run_bench(config: UNetConfig | None = None, size: int = 256, batch: int = 4,
         profile: add the top operators of one step per model and phase (``torch.profiler``).
         peak_n: side of the peak-sampling matmul (default 2048 on CPU, 8192 on GPU).
         keep_freed: call :func:`~unetkit.bench.keep_freed_memory` first (process-wide, cannot be undone).
+        amp: precisions to measure, each as ``--amp`` takes it (``"off"`` = fp32, ``"bf16"``, ``"fp16"`` on
+            CUDA, ``"auto"`` = what training picks here, :func:`unetkit.device.resolve_amp`); the forward
+            pass runs under that autocast, the loss in fp32, fp16 training through a ``GradScaler``.
     """
     config = UNetConfig() if config is None else config
     dev = resolve_device(device)
@@ -115,6 +119,7 @@ def run_bench(config: UNetConfig | None = None, size: int = 256, batch: int = 4,
     if min(size, batch, infer_batch, iters) < 1 or warmup < 0:
         raise ValueError("size, batch, infer_batch and iters must be >= 1, warmup >= 0")
     compiles, fuses = on_off(compile, "compile"), on_off(fuse, "fuse")
+    dtypes = list(dict.fromkeys(resolve_amp(a, dev) for a in amp))  # a bad or unsupported one fails here
     resolve_layouts(channels_last, dev, "train")  # a bad value fails before any model is built
     keep_freed = keep_freed_memory() if keep_freed and dev.type == "cpu" else False
     num_classes, in_channels, options = config.num_classes, config.in_channels, model_options(config)
@@ -147,7 +152,8 @@ def run_bench(config: UNetConfig | None = None, size: int = 256, batch: int = 4,
                    "fuse": fuse, "compare": compare, "device": str(dev), "phases": list(phases),
                    "model_options": options, "model": bases["unetkit"].config.to_dict(),
                    "decoders": [decoder_label(s) for s in decoders],
-                   "optimizer": "SGD(lr=1e-3, momentum=0.9)", "loss": "cross_entropy", "dtype": "float32",
+                   "optimizer": "SGD(lr=1e-3, momentum=0.9)", "loss": "cross_entropy",
+                   "amp": [amp_name(d) for d in dtypes],
                    "keep_freed_memory": keep_freed},
         "machine": machine_info(dev),
         "models": {},
@@ -168,14 +174,15 @@ def run_bench(config: UNetConfig | None = None, size: int = 256, batch: int = 4,
         variants = []
         for key, base in bases.items():
             for layout in resolve_layouts(channels_last, dev, "train"):
-                for comp in compiles:
+                for comp, dtype in itertools.product(compiles, dtypes):
                     model = copy.deepcopy(base).train()
                     if layout == "channels_last":
                         model = model.to(memory_format=torch.channels_last)
                     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
                     run = compile_variant(model, compile_mode) if comp else model
-                    variants.append(Variant(key, layout, comp, False, run, model,
-                                            layout_tensor(x_train, layout), y_train, opt))
+                    scaler = torch.amp.GradScaler(dev.type) if dtype == torch.float16 else None
+                    variants.append(Variant(key, layout, comp, False, run, model, layout_tensor(x_train, layout),
+                                            y_train, opt, amp=dtype, scaler=scaler))
         if progress:
             progress(f"train: batch {batch}, {size}x{size}, {len(variants)} variants")
         run_rounds(variants, train_step, iters, warmup, dev, probe, progress)
@@ -194,10 +201,10 @@ def run_bench(config: UNetConfig | None = None, size: int = 256, batch: int = 4,
                 for layout in resolve_layouts(channels_last, dev, "infer"):
                     model = eager if layout == "nchw" else copy.deepcopy(eager).to(
                         memory_format=torch.channels_last)
-                    for comp in compiles:
+                    for comp, dtype in itertools.product(compiles, dtypes):
                         run = compile_variant(model, compile_mode, inference=True) if comp else model
-                        variants.append(Variant(key, layout, comp, fused, run, model,
-                                                layout_tensor(x, layout)))
+                        variants.append(Variant(key, layout, comp, fused, run, model, layout_tensor(x, layout),
+                                                amp=dtype))
         if progress:
             progress(f"{phase}: batch {x.shape[0]}, {size}x{size}, {len(variants)} variants")
         run_rounds(variants, infer_step, iters, warmup, dev, probe, progress)
@@ -227,7 +234,7 @@ def _best(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
         cur = best.setdefault(r["model"], {}).get(r["phase"])
         if cur is None or r["median_s"] < cur["median_s"]:
             best[r["model"]][r["phase"]] = {k: r[k] for k in (
-                "layout", "compiled", "fused", "median_s", "min_s", "times_s", "flops_per_step",
+                "layout", "amp", "compiled", "fused", "median_s", "min_s", "times_s", "flops_per_step",
                 "images_per_s", "gflops", "frac_peak", "frac_conv_peak")}
     return best
 

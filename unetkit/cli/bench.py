@@ -42,8 +42,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "UNet at the paper's widths). "
                     "Example: unetkit bench --encoder vgg16 --compare smp --json bench.json",
         formatter_class=_DefaultsOnce)
-    p.add_argument("--suite", choices=("model", "metrics", "encoders"), default="model",
-                   help="what to benchmark")
+    p.add_argument("--suite", choices=("model", "metrics", "encoders", "predict"), default="model",
+                   help="what to benchmark; predict: a trained run's inference paths side by side (--run)")
+    p.add_argument("--run", metavar="RUN_DIR|CKPT", default=None,
+                   help="predict suite: the trained model whose inference paths are timed")
+    p.add_argument("--data", metavar="DIR|NAME", default=None,
+                   help="predict suite: images to segment (default: the data the run was trained on)")
+    p.add_argument("--paths", default=None, metavar="LIST",
+                   help="predict suite: comma list of eager, fp32, bf16, fp16, compile, onnx, int8 (default: "
+                        "every path this machine runs)")
     p.add_argument("--size", type=int, default=256, help="square input side")
     p.add_argument("--batch", type=int, default=4, help="training batch")
     p.add_argument("--infer-batch", type=int, default=8, help="batch of the inference-throughput phase")
@@ -59,6 +66,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile-mode", default=None,
                    help="torch.compile mode, e.g. max-autotune (None: default mode; inference compiles with "
                         "freezing)")
+    p.add_argument("--amp", default="off", metavar="LIST",
+                   help="precisions to time side by side, comma list of off (fp32), bf16, fp16 (CUDA) and auto "
+                        "(what train and predict pick here), e.g. --amp off,bf16")
     p.add_argument("--fuse", choices=("on", "off", "both"), default="on",
                    help="fold conv+BN for inference (applied alike to every compared model)")
     p.add_argument("--compare", choices=("smp",), default=None,
@@ -97,6 +107,9 @@ def _check(args: argparse.Namespace) -> tuple[list[str], UNetConfig, torch.devic
         raise CLIError(f"--warmup must be >= 0, not {args.warmup}")
     if args.threads is not None and args.threads < 1:
         raise CLIError(f"--threads must be >= 1, not {args.threads}")
+    amps = [a.strip() for a in args.amp.split(",") if a.strip()]
+    if not amps or any(a not in ("auto", "off", "fp16", "bf16") for a in amps):
+        raise CLIError(f"--amp takes a comma list of auto, off, fp16, bf16; got {args.amp!r}")
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
     bad = [p for p in phases if p not in ("train", "infer1", "inferN")]
     if bad or not phases:
@@ -104,6 +117,8 @@ def _check(args: argparse.Namespace) -> tuple[list[str], UNetConfig, torch.devic
     try:
         config = model_config_from_args(args)
         device = resolve_device(args.device)
+        if "fp16" in amps and device.type != "cuda":
+            raise ValueError("--amp fp16 needs a CUDA device (--device cuda)")
     except ValueError as e:
         raise CLIError(str(e)) from e
     return phases, config, device
@@ -148,6 +163,22 @@ def write_json(report: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(_clean(report), indent=1) + "\n")
 
 
+def _predict_suite(args: argparse.Namespace, device: torch.device, progress: Any) -> tuple[dict[str, Any], str]:
+    """``--suite predict``: the run's inference paths, timed as ``unetkit predict`` runs them."""
+    from ..bench.predict_suite import bench_predict, format_predict
+    from ..checkpoint import CheckpointError
+
+    if args.run is None:
+        raise CLIError("--suite predict needs --run RUN_DIR (a trained model, e.g. from 'unetkit train')")
+    paths = [p.strip() for p in args.paths.split(",") if p.strip()] if args.paths else None
+    try:
+        report = bench_predict(args.run, data=args.data, paths=paths, rounds=args.iters, device=device,
+                               progress=progress)
+    except (ValueError, CheckpointError) as e:
+        raise CLIError(str(e)) from e
+    return report, format_predict(report, args.markdown)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the chosen suite, print its table, write the JSON report if asked."""
     from .. import bench
@@ -156,7 +187,9 @@ def run(args: argparse.Namespace) -> int:
     decoders = _decoders(args, config)
     progress = _progress(args)
     with bench.num_threads(args.threads):
-        if args.suite == "metrics":
+        if args.suite == "predict":
+            report, text = _predict_suite(args, device, progress)
+        elif args.suite == "metrics":
             report = bench.bench_metrics(size=args.size, num_classes=config.num_classes, batch=args.batch,
                                          iters=args.iters, warmup=args.warmup, device=device)
             text = bench.format_metrics(report, args.markdown)
@@ -176,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
                 device=device, infer_batch=args.infer_batch, decoders=decoders, phases=phases,
                 smp_encoder=args.smp_encoder,
                 profile=args.profile, compile_mode=args.compile_mode, keep_freed=args.malloc == "keep",
-                progress=progress)
+                amp=[a.strip() for a in args.amp.split(",") if a.strip()], progress=progress)
             text = bench.format_report(report, args.markdown)
     print(text)
     if args.json is not None:

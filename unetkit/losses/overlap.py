@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._common import MODES, Mode, binary_target, check_choice, check_logits, class_target
@@ -25,7 +24,7 @@ def soft_counts(
     """Per-class soft ``(tp, pred_sum, target_sum)`` over the whole batch (sum over N and space).
 
     Probabilities are softmax (multiclass) or sigmoid (binary/multilabel) of float32 logits;
-    ``ignore_index`` pixels are zeroed in both the probabilities and the one-hot target.
+    ``ignore_index`` pixels count in none of the three.
     """
     if from_logits:
         check_logits(logits)
@@ -34,17 +33,23 @@ def soft_counts(
     x = logits.float()
     dims = (0, *range(2, x.ndim))
     if mode == "multiclass":
+        # No one-hot target (C times the mask's size): TP gathers each pixel's probability of its own class
+        # and adds it to that class; ΣT counts the valid pixels of each class the same way.
         clean, valid = class_target(logits, target, ignore_index)
         prob = torch.softmax(x, dim=1) if from_logits else x
-        onehot = F.one_hot(clean, x.shape[1]).movedim(-1, 1).to(prob.dtype)
-        v = None if valid is None else valid.unsqueeze(1)
-    else:
-        if mode == "binary" and x.shape[1] != 1:
-            raise ValueError(
-                f"binary mode expects one logit channel, got {x.shape[1]}; use multiclass or multilabel"
-            )
-        onehot, v = binary_target(logits, target, ignore_index)
-        prob = torch.sigmoid(x) if from_logits else x
+        if valid is not None:
+            prob = prob * valid.unsqueeze(1).to(prob.dtype)
+        labels = clean.reshape(-1)
+        own = prob.gather(1, clean.unsqueeze(1)).reshape(-1)  # 0 at ignored pixels: prob is zeroed there
+        counts = torch.ones_like(own) if valid is None else valid.reshape(-1).to(own.dtype)
+        zeros = own.new_zeros(x.shape[1])
+        return zeros.index_add(0, labels, own), prob.sum(dims), zeros.index_add(0, labels, counts)
+    if mode == "binary" and x.shape[1] != 1:
+        raise ValueError(
+            f"binary mode expects one logit channel, got {x.shape[1]}; use multiclass or multilabel"
+        )
+    onehot, v = binary_target(logits, target, ignore_index)
+    prob = torch.sigmoid(x) if from_logits else x
     if v is not None:
         v = v.to(prob.dtype)
         prob = prob * v

@@ -23,12 +23,15 @@ from ..metrics.base import all_reduce_sum as all_reduce_sum  # re-exported: the 
 
 @dataclass(frozen=True)
 class DistInfo:
-    """Where this process stands: its rank, the number of processes and its device."""
+    """Where this process stands: its rank, the number of processes, its device and whether it joined a
+    process group (launched by torchrun, even as its only process: then DDP and the collectives run as
+    they would with more, which is how the NCCL path is exercised on a one-GPU machine)."""
 
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
+    joined: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -36,17 +39,18 @@ class DistInfo:
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        return self.joined
 
 
 def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistInfo:
-    """Join the process group described by torchrun's environment, or return a single-process ``DistInfo``.
+    """Join the process group described by torchrun's environment (``RANK``, ``WORLD_SIZE``, ...), or return a
+    single-process ``DistInfo`` when not launched by torchrun.
 
     A collective that waits longer than ``timeout_s`` (e.g. because another rank died) raises instead of
     hanging; torchrun then stops the remaining ranks.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if "RANK" not in os.environ:  # not launched by torchrun
         return DistInfo(device=resolve_device(device))
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local_rank)
@@ -62,7 +66,7 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistInfo
                                   timeout=timeout)
             kwargs.update(store=dist.PrefixStore(f"unetkit/attempt_{restart}", agent), rank=rank, world_size=world)
         dist.init_process_group(backend, timeout=timeout, **kwargs)
-    return DistInfo(rank, local_rank, world, dev)
+    return DistInfo(rank, local_rank, world, dev, joined=True)
 
 
 def cleanup_distributed() -> None:

@@ -49,11 +49,16 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def build_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """The optimizer ``cfg.optimizer`` names. Adam and AdamW use PyTorch's fused kernels where the parameters'
+    device and dtype allow (CPU and CUDA): one pass instead of a loop over tensors, 5x faster on the CPU for
+    the demo's model (10.4 -> 2.2 ms a step, 1 thread; benchmarks/bench_epoch.py), the same update."""
     name = cfg.optimizer.lower()
-    if name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if name in ("adam", "adamw"):
+        cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+        try:
+            return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+        except (RuntimeError, ValueError):  # a device or dtype without fused kernels
+            return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
     raise ValueError(f"optimizer must be adam, adamw or sgd, not {cfg.optimizer!r}")

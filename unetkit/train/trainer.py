@@ -56,9 +56,12 @@ from .report import (
     write_report,
 )
 
-#: Seconds between redraws of ``curves.png`` during a run (drawing costs about 0.2 s; the demo's epochs
-#: take about 1 s). It is always redrawn at the end.
-CURVES_EVERY_S = 10.0
+#: Seconds between redraws of ``curves.png`` during a run, at least: it is redrawn no sooner than
+#: ``CURVES_COST_FACTOR`` times its last drawing time, so drawing stays under 2 % of a run (matplotlib takes
+#: 0.3-0.8 s a picture on 2 cores; at every 10 s it took 5-8 % of the demo, benchmarks/bench_epoch.py). It is
+#: always redrawn at the end.
+CURVES_EVERY_S = 30.0
+CURVES_COST_FACTOR = 50.0
 #: ``last.pt`` is written when the validation score improves (with ``best.pt``), at the end, and otherwise at
 #: least this often (seconds): a killed run loses at most this much training, and frequent validations do
 #: not rewrite the file each time (the demo validated 84 times, and its checkpoint writes took 4 % of the run).
@@ -254,7 +257,7 @@ class Trainer:
             if self.dist.is_main:
                 set_rng_state(ckpt["rng"])
         self.run_dir = Path(cfg.out) if cfg.out else default_run_dir()
-        self._curves_written = -math.inf
+        self._curves_written, self._curves_cost = -math.inf, 0.0
         self._saved = time.monotonic()
         n = len(self.val_ds)
         self.sample_idx = sorted({round(i * (n - 1) / max(1, cfg.samples - 1)) for i in range(cfg.samples)}) \
@@ -553,7 +556,8 @@ class Trainer:
                 write_metrics_csv(self.history, self.run_dir / "metrics.csv")
                 if self.tensorboard is not None:
                     self.tensorboard.epoch(row)
-                if time.monotonic() - self._curves_written >= CURVES_EVERY_S:
+                if time.monotonic() - self._curves_written >= max(CURVES_EVERY_S,
+                                                                  CURVES_COST_FACTOR * self._curves_cost):
                     self.write_curves()
                 if "val_miou" in row:
                     panel = self.sample_png(val.kept, f"epoch {epoch}") if improved or finished else None
@@ -578,10 +582,12 @@ class Trainer:
         return stopped_early
 
     def write_curves(self) -> None:
-        """Redraw ``curves.png`` (about 0.2 s, so :meth:`run` does it at most every ``CURVES_EVERY_S``)."""
+        """Redraw ``curves.png``; :meth:`run` does it at most every ``CURVES_EVERY_S`` (or 50 drawing times)."""
+        t0 = time.monotonic()
         atomic_write(self.run_dir / "curves.png",
                      lambda tmp: tmp.write_bytes(curves_png(self.history, best_epoch=self.best_epoch or None)))
         self._curves_written = time.monotonic()
+        self._curves_cost = self._curves_written - t0
 
     def finish(self) -> EvalResult | None:
         """Evaluate the best checkpoint (with Boundary F1) and write ``report.html`` and ``metrics.json``."""
