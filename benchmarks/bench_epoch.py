@@ -11,8 +11,8 @@ times, outside its loop, the parts of its loop one by one, synchronising the dev
   only), one **sample picture**, one **checkpoint** write (``last.pt``; ``best.pt`` is the same size), the
   **metrics.csv** and **curves.png** writes.
 
-It prints each part's median time and its share of a planned run, counting the steps, validations and
-writes of the plan (checkpoints and pictures at most once per validation: an upper bound).
+It prints each part's median time and its share of a planned run, counting the steps and validations of
+the plan and the writes the trainer's clock allows (checkpoints every 30 s, curves every 30 s or more).
 
     python benchmarks/bench_epoch.py [--data ct-chest] [--amp auto] [--device cpu] [--steps 60] [--json out.json]
 """
@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -52,7 +51,7 @@ def timer(device: torch.device) -> Callable[[Callable[[], Any]], tuple[float, An
 
 def step_parts(trainer: Any, steps: int) -> dict[str, list[float]]:
     """Time ``steps`` training steps of ``trainer``, part by part, as :meth:`Trainer.train_epoch` runs them."""
-    cfg, dev = trainer.cfg, trainer.dist.device
+    cfg, dev, step0 = trainer.cfg, trainer.dist.device, trainer.step
     t = timer(dev)
     parts: dict[str, list[float]] = {k: [] for k in
                                      ("epoch start", "data", "to device", "forward", "loss", "backward", "optimizer")}
@@ -90,19 +89,11 @@ def step_parts(trainer: Any, steps: int) -> dict[str, list[float]]:
             dt, _ = t(lambda loss=loss: trainer.scaler.scale(loss).backward())
             parts["backward"].append(dt)
 
-            def optimizer_step() -> None:
-                if cfg.grad_clip:
-                    trainer.scaler.unscale_(trainer.optimizer)
-                    nn.utils.clip_grad_norm_(trainer.model.parameters(), cfg.grad_clip)
-                trainer.scaler.step(trainer.optimizer)
-                trainer.scaler.update()
-                trainer.optimizer.zero_grad(set_to_none=True)
-                trainer.scheduler.step()
-
-            dt, _ = t(optimizer_step)
+            dt, _ = t(trainer.optimizer_step)
             parts["optimizer"].append(dt)
             done += 1
         epoch += 1
+    trainer.step = step0
     return parts
 
 
@@ -147,7 +138,7 @@ def main() -> int:
     from unetkit.bench import machine_info
     from unetkit.device import describe_amp
     from unetkit.train import TrainConfig, Trainer
-    from unetkit.train.trainer import CURVES_EVERY_S
+    from unetkit.train.trainer import CHECKPOINT_EVERY_S, CURVES_COST_FACTOR, CURVES_EVERY_S
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig.from_dict({"data": args.data, "amp": args.amp, "device": args.device,
@@ -163,12 +154,15 @@ def main() -> int:
     med = {k: statistics.median(v) for k, v in {**steps, **events}.items() if v}
     counts = {"epoch start": epochs, "data": plan_steps - epochs, **{k: plan_steps for k in
               ("to device", "forward", "loss", "backward", "optimizer")},
-              "validation": validations, "boundary F1 (final)": 1, "sample picture": validations,
-              "checkpoint write": validations, "metrics.csv write": epochs, "curves.png write": None}
-    total_s = sum(med[k] * n for k, n in counts.items() if n)
-    curves = med["curves.png write"] * min(epochs, total_s / CURVES_EVERY_S + 1)
-    counts["curves.png write"] = round(curves / med["curves.png write"])
-    total_s += curves
+              "validation": validations, "boundary F1 (final)": 1, "metrics.csv write": epochs}
+    base_s = sum(med[k] * n for k, n in counts.items())
+    # What the trainer writes on a clock: both checkpoints (and a best epoch's picture) after the first epoch,
+    # every CHECKPOINT_EVERY_S and at the end; curves no more often than every CURVES_EVERY_S or 50 drawings.
+    flushes = min(validations, round(base_s / CHECKPOINT_EVERY_S) + 2)
+    counts.update({"checkpoint write": 2 * flushes, "sample picture": flushes,
+                   "curves.png write": min(epochs, round(base_s / max(CURVES_EVERY_S,
+                                                                      CURVES_COST_FACTOR * med["curves.png write"])) + 1)})
+    total_s = sum(med[k] * n for k, n in counts.items())
     machine = machine_info(trainer.dist.device)
     where = machine.get("gpu") or f"{machine['cpu']}, {machine['torch_threads']} threads"
     print(f"{args.data} on {where}, torch {machine['torch']}, {describe_amp(args.amp, trainer.amp_dtype, trainer.dist.device)}")

@@ -284,3 +284,49 @@ def test_adam_optimizers_are_fused_and_update_like_the_plain_loop():
         for p, q in zip(ref, ours):
             assert torch.allclose(p, q, atol=1e-6), step
     assert build_optimizer(TrainConfig(optimizer="adam"), [torch.nn.Parameter(torch.ones(2))]).defaults["fused"]
+
+
+def test_checkpoints_are_written_together_not_at_every_improvement(tmp_path, monkeypatch):
+    """Improvements are kept in memory and written with last.pt after the first epoch, every 30 s and at the
+    end; best.pt and last.pt agree on the best score, and an interrupt writes the kept best state."""
+    from unetkit.train import trainer as trainer_mod
+
+    writes: list[tuple[str, int]] = []
+    real_save = trainer_mod.save_checkpoint
+
+    def counting_save(state, path):
+        writes.append((Path(path).name, state["epoch"]))
+        return real_save(state, path)
+
+    scores = [0.1, 0.2, 0.3, 0.25, 0.4, 0.35]
+    real_validate = trainer_mod.Trainer.validate
+
+    def scripted(self, boundary=False):
+        result = real_validate(self, boundary)
+        result.miou = scores[min(len(self.history), len(scores) - 1)]
+        return result
+
+    def interrupted(self, epoch):
+        if epoch == 5:
+            raise KeyboardInterrupt
+        return real_epoch(self, epoch)
+
+    real_epoch = trainer_mod.Trainer.train_epoch
+    monkeypatch.setattr(trainer_mod, "save_checkpoint", counting_save)
+    monkeypatch.setattr(trainer_mod, "CHECKPOINT_EVERY_S", 1e9)  # however slow the machine
+    monkeypatch.setattr(trainer_mod.Trainer, "validate", scripted)
+    out = tmp_path / "run"
+    fit(tiny_cfg(out, epochs=6, val_every=1), progress=False, log=lambda s: None)
+    # Epoch 1 writes both; improvements at 2, 3 and 5 wait for the end.
+    assert writes == [("best.pt", 1), ("last.pt", 1), ("best.pt", 5), ("last.pt", 6)]
+    assert read_checkpoint(out / "best.pt")["best_miou"] == read_checkpoint(out / "last.pt")["best_miou"] == 0.4
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["epoch_001.png", "epoch_005.png"]
+
+    writes.clear()
+    monkeypatch.setattr(trainer_mod.Trainer, "train_epoch", interrupted)
+    out2 = tmp_path / "interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_cfg(out2, epochs=6, val_every=1), progress=False, log=lambda s: None)
+    # Interrupted in epoch 6 (index 5): the best state of epoch 5 is written, and last.pt rolls back to it.
+    assert writes == [("best.pt", 1), ("last.pt", 1), ("best.pt", 5), ("last.pt", 5)]
+    assert read_checkpoint(out2 / "last.pt")["epoch"] == 5

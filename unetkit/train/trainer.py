@@ -9,6 +9,7 @@ The run directory holds ``config.yaml``, ``metrics.csv``, ``curves.png``, ``samp
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -62,9 +63,10 @@ from .report import (
 #: always redrawn at the end.
 CURVES_EVERY_S = 30.0
 CURVES_COST_FACTOR = 50.0
-#: ``last.pt`` is written when the validation score improves (with ``best.pt``), at the end, and otherwise at
-#: least this often (seconds): a killed run loses at most this much training, and frequent validations do
-#: not rewrite the file each time (the demo validated 84 times, and its checkpoint writes took 4 % of the run).
+#: ``last.pt`` and ``best.pt`` are written after the first epoch, at the end, and otherwise at most this often
+#: (seconds); a better score in between is kept in memory until then (:meth:`Trainer.write_checkpoints`). A
+#: killed run loses at most this much training, and a run that validates and improves often does not
+#: serialise two checkpoints and draw a picture each time (4 % of the demo on a CPU, a fifth on a GPU).
 CHECKPOINT_EVERY_S = 30.0
 
 
@@ -258,7 +260,8 @@ class Trainer:
                 set_rng_state(ckpt["rng"])
         self.run_dir = Path(cfg.out) if cfg.out else default_run_dir()
         self._curves_written, self._curves_cost = -math.inf, 0.0
-        self._saved = time.monotonic()
+        self._saved = -math.inf  # the first epoch writes last.pt: a run that fails early can resume
+        self._pending_best: tuple[int, dict[str, Any], dict[int, torch.Tensor]] | None = None
         n = len(self.val_ds)
         self.sample_idx = sorted({round(i * (n - 1) / max(1, cfg.samples - 1)) for i in range(cfg.samples)}) \
             if cfg.samples > 0 else []
@@ -403,15 +406,7 @@ class Trainer:
                 loss = self.loss(out, masks)
                 self.scaler.scale(loss / cfg.grad_accum).backward()
             if boundary:
-                if cfg.grad_clip:
-                    self.scaler.unscale_(self.optimizer)
-                    nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.optimizer.zero_grad(set_to_none=True)
-                if not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                    self.scheduler.step()
-                self.step += 1
+                self.optimizer_step()
             total[0] += loss.detach().double()
             total[1] += 1
             bar.update(1)
@@ -440,6 +435,19 @@ class Trainer:
         self.budget.train += self.clock() - t0
         all_reduce_sum(total)
         return float(total[0] / max(total[1], 1)), out_of_time
+
+    def optimizer_step(self) -> None:
+        """One optimizer step on the accumulated gradients: clip (``grad_clip``), step through the GradScaler,
+        zero the gradients, advance a per-step learning-rate schedule and the step count."""
+        if self.cfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step()
+        self.step += 1
 
     def validate(self, boundary: bool = False) -> EvalResult:
         """Evaluate on whole validation images (sharded across ranks, merged exactly)."""
@@ -510,6 +518,8 @@ class Trainer:
         try:
             stopped_early = self._epochs(self.start_epoch)
         except KeyboardInterrupt:
+            if self.dist.is_main:
+                self.write_checkpoints(None)  # a better state not yet on disk, with last.pt rolled back to it
             self.log(f"interrupted in epoch {len(self.history) + 1}; continue with: unetkit train --resume "
                      f"{self.run_dir}")
             raise
@@ -547,12 +557,10 @@ class Trainer:
             self.history.append(row)
             epoch += 1
             if self.dist.is_main:
-                if improved or finished or time.monotonic() - self._saved >= CHECKPOINT_EVERY_S:
-                    state = self.checkpoint_state(epoch)
-                    save_checkpoint(state, self.run_dir / "last.pt")
-                    self._saved = time.monotonic()
-                    if improved:
-                        save_checkpoint(state, self.run_dir / "best.pt")
+                if improved:  # kept in memory; written with last.pt, so the two always agree on disk
+                    self._pending_best = (epoch, copy.deepcopy(self.checkpoint_state(epoch)), val.kept)
+                if finished or time.monotonic() - self._saved >= CHECKPOINT_EVERY_S:
+                    self.write_checkpoints(epoch)
                 write_metrics_csv(self.history, self.run_dir / "metrics.csv")
                 if self.tensorboard is not None:
                     self.tensorboard.epoch(row)
@@ -560,9 +568,6 @@ class Trainer:
                                                                   CURVES_COST_FACTOR * self._curves_cost):
                     self.write_curves()
                 if "val_miou" in row:
-                    panel = self.sample_png(val.kept, f"epoch {epoch}") if improved or finished else None
-                    if panel is not None:
-                        save_png(panel, self.run_dir / "samples" / f"epoch_{epoch:03d}.png")
                     self.log(f"epoch {epoch:3d}  step {self.step}/{self.total_steps}  train loss {train_loss:.4f}"
                              f"  val loss {row['val_loss']:.4f}  val mIoU {row['val_miou']:.4f}  Dice "
                              f"{row['val_dice']:.4f}  ({row['seconds']:.1f}s){'  *best' if improved else ''}")
@@ -578,8 +583,33 @@ class Trainer:
                 if len(since) >= cfg.early_stopping:
                     self.log(f"early stopping: no better val mIoU for {cfg.early_stopping} validations")
                     stopped_early = True
+                    if self.dist.is_main:
+                        self.write_checkpoints(epoch)
                     break
         return stopped_early
+
+    def write_checkpoints(self, epoch: int | None) -> None:
+        """Write the best state kept since the last write (``best.pt`` and its sample picture), then ``last.pt``
+        after ``epoch`` completed epochs.
+
+        Called when a run finishes or stops early, and otherwise at most every ``CHECKPOINT_EVERY_S``: a killed
+        run loses at most that much, ``best.pt`` and ``last.pt`` always agree on the best score (so a resumed
+        run cannot overwrite a better ``best.pt``), and a run that improves at most validations does not
+        serialise two checkpoints and draw a picture each time (on a GPU that was a fifth of the demo).
+        ``epoch=None`` (an interrupted epoch, whose weights are mid-epoch): ``last.pt`` becomes the kept best
+        state itself, if there is one, else stays as it is.
+        """
+        pending, self._pending_best = self._pending_best, None
+        if pending is not None:
+            best_epoch, state, kept = pending
+            save_checkpoint(state, self.run_dir / "best.pt")
+            panel = self.sample_png(kept, f"epoch {best_epoch}")
+            if panel is not None:
+                save_png(panel, self.run_dir / "samples" / f"epoch_{best_epoch:03d}.png")
+        if epoch is not None or pending is not None:
+            save_checkpoint(self.checkpoint_state(epoch) if epoch is not None else pending[1],
+                            self.run_dir / "last.pt")
+            self._saved = time.monotonic()
 
     def write_curves(self) -> None:
         """Redraw ``curves.png``; :meth:`run` does it at most every ``CURVES_EVERY_S`` (or 50 drawing times)."""
