@@ -116,6 +116,11 @@ def test_resolve_amp_on_cpu_follows_the_verdict(monkeypatch):
     assert resolve_amp("auto", CPU) is torch.bfloat16
     assert resolve_amp("off", CPU) is None
     assert describe_amp("auto", torch.bfloat16, CPU) == "bf16 autocast, --amp auto: UNETKIT_CPU_BF16=1"
+    # Training on a CPU stays fp32 under auto, native bf16 or not (it failed the development-suite check).
+    assert resolve_amp("auto", CPU, training=True) is None
+    assert resolve_amp("bf16", CPU, training=True) is torch.bfloat16
+    assert describe_amp("auto", None, CPU, training=True) == \
+        "fp32, --amp auto: CPU training stays fp32 (--amp bf16 to train in bf16)"
     monkeypatch.setenv(CPU_BF16_ENV, "0")
     assert resolve_amp("auto", CPU) is None
     assert resolve_amp("auto", "cpu") is None
@@ -134,9 +139,12 @@ TINY = dict(data="shapes", base_channels=4, depth=3, batch_size=4, samples=0, ep
 
 def test_bf16_training_step_keeps_loss_params_and_optimizer_state_fp32(monkeypatch, tmp_path):
     monkeypatch.setenv(CPU_BF16_ENV, "1")
-    t = Trainer(TrainConfig.from_dict({**TINY, "out": str(tmp_path / "run"), "device": "cpu"}),
+    auto = Trainer(TrainConfig.from_dict({**TINY, "out": str(tmp_path / "auto"), "device": "cpu"}),
+                   progress=False, log=lambda s: None)
+    assert auto.amp_dtype is None and "CPU training stays fp32" in auto.describe()
+    t = Trainer(TrainConfig.from_dict({**TINY, "out": str(tmp_path / "run"), "device": "cpu", "amp": "bf16"}),
                 progress=False, log=lambda s: None)
-    assert t.amp_dtype is torch.bfloat16  # --amp auto on a CPU with (forced) native bf16
+    assert t.amp_dtype is torch.bfloat16
     assert "bf16 autocast" in t.describe()
     images, masks = next(iter(t.loader))
     t.model.train()

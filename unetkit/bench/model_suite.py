@@ -106,7 +106,7 @@ def run_bench(config: UNetConfig | None = None, size: int = 256, batch: int = 4,
         peak_n: side of the peak-sampling matmul (default 2048 on CPU, 8192 on GPU).
         keep_freed: call :func:`~unetkit.bench.keep_freed_memory` first (process-wide, cannot be undone).
         amp: precisions to measure, each as ``--amp`` takes it (``"off"`` = fp32, ``"bf16"``, ``"fp16"`` on
-            CUDA, ``"auto"`` = what training picks here, :func:`unetkit.device.resolve_amp`); the forward
+            CUDA, ``"auto"`` = what ``predict`` picks here, :func:`unetkit.device.resolve_amp`); the forward
             pass runs under that autocast, the loss in fp32, fp16 training through a ``GradScaler``.
     """
     config = UNetConfig() if config is None else config

@@ -37,10 +37,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "bench", help="benchmark training/inference speed (optionally against smp's Unet)",
         description="Measure a training step (images/s), batch-1 latency and batch-N throughput, peak "
                     "memory, forward FLOPs, achieved GFLOP/s and the fraction of the fp32 matmul peak "
-                    "measured in the same run. Variants (models, layouts, compile) are timed round-robin; "
-                    "numbers are medians. The model flags are those of 'unetkit train' (default: the plain "
-                    "UNet at the paper's widths). "
-                    "Example: unetkit bench --encoder vgg16 --compare smp --json bench.json",
+                    "measured in the same run. Variants (models, layouts, precisions, compile) are timed "
+                    "round-robin; numbers are medians. The model flags are those of 'unetkit train' (default: "
+                    "the plain UNet at the paper's widths). --suite predict times a trained run's inference "
+                    "paths (eager, folded fp32, bf16/fp16, compile, ONNX Runtime fp32 and INT8) side by side. "
+                    "Examples: unetkit bench --encoder vgg16 --compare smp --amp off,bf16 --json bench.json; "
+                    "unetkit bench --suite predict --run runs/demo",
         formatter_class=_DefaultsOnce)
     p.add_argument("--suite", choices=("model", "metrics", "encoders", "predict"), default="model",
                    help="what to benchmark; predict: a trained run's inference paths side by side (--run)")
@@ -68,7 +70,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "freezing)")
     p.add_argument("--amp", default="off", metavar="LIST",
                    help="precisions to time side by side, comma list of off (fp32), bf16, fp16 (CUDA) and auto "
-                        "(what train and predict pick here), e.g. --amp off,bf16")
+                        "(what predict picks here), e.g. --amp off,bf16")
     p.add_argument("--fuse", choices=("on", "off", "both"), default="on",
                    help="fold conv+BN for inference (applied alike to every compared model)")
     p.add_argument("--compare", choices=("smp",), default=None,

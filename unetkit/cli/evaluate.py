@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="auto",
                    help="autocast of the forward passes (logits and metrics stay fp32): auto (bf16/fp16 on CUDA, "
-                        "bf16 on a CPU that runs it natively, else fp32; as training decides), off (fp32), bf16, "
+                        "bf16 on a CPU that runs it natively, else fp32), off (fp32), bf16, "
                         "fp16 (CUDA)")
     p.add_argument("--no-boundary-f1", dest="boundary", action="store_false", help="skip Boundary F1")
     p.set_defaults(func=run)

@@ -49,7 +49,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda when available)")
     p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="auto",
                    help="autocast of a checkpoint's forward passes (probabilities stay fp32): auto (bf16/fp16 on "
-                        "CUDA, bf16 on a CPU that runs it natively, else fp32; as training decides), off (fp32), "
+                        "CUDA, bf16 on a CPU that runs it natively, else fp32), off (fp32), "
                         "bf16, fp16 (CUDA); an .onnx model runs as exported")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

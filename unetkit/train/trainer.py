@@ -211,10 +211,7 @@ class Trainer:
 
         self.eval_loss = build_loss(plan.loss, ds.num_classes, cfg.ignore_index, plan.class_weights)
         self.loss = DeepSupervisionLoss(self.eval_loss) if cfg.model.deep_supervision else self.eval_loss
-        self.amp_dtype = resolve_amp(cfg.amp, dev)
-        if (self.dist.enabled and cfg.amp == "auto" and dev.type == "cpu"  # each rank measured: bf16 if all did
-                and all_reduce_max(torch.tensor([float(self.amp_dtype is None)])).item()):
-            self.amp_dtype = None
+        self.amp_dtype = resolve_amp(cfg.amp, dev, training=True)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
 
         self.patches = PatchDataset(ds, plan.patch_size, plan.foreground_fraction, seed=cfg.seed,
@@ -296,7 +293,7 @@ class Trainer:
         cfg, ds, w, plan = self.cfg, self.train_ds, self.dist.world_size, self.plan
         m = _unwrap(self.model)
         params = sum(p.numel() for p in m.parameters())
-        amp = describe_amp(cfg.amp, self.amp_dtype, self.dist.device)
+        amp = describe_amp(cfg.amp, self.amp_dtype, self.dist.device, training=True)
         mc = m.config
         width = f", base {mc.base_channels}" if mc.encoder == "plain" else ""
         return (f"data {cfg.data}: {describe_split(ds, self.val_ds)}, {ds.num_classes} classes, "
