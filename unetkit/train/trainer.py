@@ -122,6 +122,18 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def _host_copy(obj: Any) -> Any:
+    """A copy of a checkpoint state with every tensor copied to host memory (a kept best state must not
+    hold a second copy of the weights and optimizer state on the GPU)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _host_copy(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_host_copy(v) for v in obj)
+    return copy.deepcopy(obj)
+
+
 def _unwrap(model: nn.Module) -> UNet:
     return model.module if isinstance(model, DistributedDataParallel) else model  # type: ignore[return-value]
 
@@ -554,8 +566,8 @@ class Trainer:
             self.history.append(row)
             epoch += 1
             if self.dist.is_main:
-                if improved:  # kept in memory; written with last.pt, so the two always agree on disk
-                    self._pending_best = (epoch, copy.deepcopy(self.checkpoint_state(epoch)), val.kept)
+                if improved:  # kept in host memory; written with last.pt, so the two always agree on disk
+                    self._pending_best = (epoch, _host_copy(self.checkpoint_state(epoch)), val.kept)
                 if finished or time.monotonic() - self._saved >= CHECKPOINT_EVERY_S:
                     self.write_checkpoints(epoch)
                 write_metrics_csv(self.history, self.run_dir / "metrics.csv")
