@@ -20,7 +20,6 @@ the plan and the writes the trainer's clock allows (checkpoints every 30 s, curv
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import sys
@@ -79,7 +78,7 @@ def step_parts(trainer: Any, steps: int) -> dict[str, list[float]]:
             parts["to device"].append(dt)
 
             def forward(x: torch.Tensor = x) -> Any:
-                with trainer._autocast():
+                with trainer.autocast():
                     return trainer.model(x)
 
             dt, out = t(forward)
@@ -187,10 +186,6 @@ def main() -> int:
                                          "raw_ms": {k: [round(1000 * x, 3) for x in v]
                                                     for k, v in {**steps, **events}.items()}}, indent=1) + "\n")
         print(f"wrote {args.json}")
-    with contextlib.suppress(Exception):
-        from unetkit.train.distributed import cleanup_distributed
-
-        cleanup_distributed()
     return 0
 
 

@@ -329,6 +329,8 @@ def test_predict_paths_side_by_side(tiny_run, tmp_path):
     assert available_paths(torch.device("cpu")) == ["eager", "fp32", "compile", "onnx", "int8"]
     with pytest.raises(ValueError, match="bf16"):
         bench_predict(tiny_run, paths=["bf16"], rounds=1)
+    with pytest.raises(ValueError, match="unknown path"):
+        bench_predict(tiny_run, paths=["tensorrt"], rounds=1)
     rep = bench_predict(tiny_run, paths=["fp32", "onnx", "int8"], rounds=2, max_images=4)
     rows = {r["path"]: r for r in rep["rows"]}
     assert list(rows) == ["eager", "fp32", "onnx", "int8"]  # eager, the reference, always comes first

@@ -148,7 +148,7 @@ def test_bf16_training_step_keeps_loss_params_and_optimizer_state_fp32(monkeypat
     assert "bf16 autocast" in t.describe()
     images, masks = next(iter(t.loader))
     t.model.train()
-    with t._autocast():
+    with t.autocast():
         out = t.model(images.contiguous(memory_format=torch.channels_last))
     assert out.dtype == torch.bfloat16  # the forward pass did run in bf16
     loss = t.loss(out, masks)

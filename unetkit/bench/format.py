@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 
-def _fmt(v: Any, spec: str = ".1f") -> str:
+def fmt(v: Any, spec: str = ".1f") -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "-"
     return format(v, spec)
@@ -46,17 +46,17 @@ def format_report(report: dict[str, Any], markdown: bool = False) -> str:
     rows = []
     for r in report["rows"]:
         rows.append((r["model"], r["phase"], str(r["batch"]), r["layout"], r["amp"], "yes" if r["compiled"] else "no",
-                     "yes" if r["fused"] else "no", _fmt(r["latency_ms"]), _fmt(r["images_per_s"], ".2f"),
-                     _fmt(r["gflops"]), _fmt(100 * r["frac_peak"]), _fmt(100 * r["frac_conv_peak"]),
-                     _fmt(r["peak_mem_mb"], ".0f"),
-                     _fmt(r["compile_s"])))
+                     "yes" if r["fused"] else "no", fmt(r["latency_ms"]), fmt(r["images_per_s"], ".2f"),
+                     fmt(r["gflops"]), fmt(100 * r["frac_peak"]), fmt(100 * r["frac_conv_peak"]),
+                     fmt(r["peak_mem_mb"], ".0f"),
+                     fmt(r["compile_s"])))
     lines += ["", table(header, rows, markdown), ""]
     for k, v in report["ratios"].items():
         model, _, what = k.rpartition("/")
         lines.append(f"ratio {model or 'unetkit'}/smp {what}: {v:.3f}")
     for k, g in report["goals"].items():
         state = "n/a" if g["met"] is None else ("met" if g["met"] else "NOT met")
-        lines.append(f"goal {k} >= {g['target']}: {_fmt(g['value'], '.3f')} ({state})")
+        lines.append(f"goal {k} >= {g['target']}: {fmt(g['value'], '.3f')} ({state})")
     for key, phases in report.get("profile", {}).items():
         for phase, ops in phases.items():
             top = ", ".join(f"{o['op']} {100 * o['share']:.0f}%" for o in ops[:6])
@@ -67,7 +67,7 @@ def format_report(report: dict[str, Any], markdown: bool = False) -> str:
 def format_metrics(report: dict[str, Any], markdown: bool = False) -> str:
     """The metric benchmark as a table."""
     cfg = report["config"]
-    rows = [(k, _fmt(1000 * r["median_s"], ".2f"), _fmt(r["pixels_per_s"] / 1e6, ".1f"))
+    rows = [(k, fmt(1000 * r["median_s"], ".2f"), fmt(r["pixels_per_s"] / 1e6, ".1f"))
             for k, r in report["results"].items()]
     title = (f"update() of {cfg['batch']}x{cfg['size']}x{cfg['size']}, {cfg['num_classes']} classes "
              f"({report['pixels_per_update'] / 1e6:.2f} Mpixel), median of {cfg['iters']}")
@@ -81,7 +81,7 @@ def format_encoders_markdown(report: dict[str, Any]) -> str:
     header = ("encoder", "params", "GFLOP", *[f"ms {'NCHW' if lay == 'nchw' else 'channels_last'}"
                                               for lay in layouts], "GFLOP/s")
     rows = [(r["encoder"], f"{r['params'] / 1e6:.1f}M", f"{r['forward_flops'] / 1e9:.1f}",
-             *[_fmt(r[f"ms_{lay}"]) for lay in layouts], _fmt(r["gflops"])) for r in report["rows"]]
+             *[fmt(r[f"ms_{lay}"]) for lay in layouts], fmt(r["gflops"])) for r in report["rows"]]
     note = (f"UNet with each encoder (weights None, {cfg['num_classes']} classes), forward pass, batch "
             f"{cfg['batch']}, 3x{cfg['size']}x{cfg['size']}, eval + inference_mode, median of {cfg['iters']} "
             f"after {cfg['warmup']} warm-up; {mach['cpu']}, {mach['torch_threads']} threads, torch "

@@ -32,7 +32,7 @@ import torch
 
 from ..device import amp_name, resolve_amp, resolve_device
 from ..timing import median, synchronize
-from .format import _fmt, table
+from .format import fmt, table
 from .machine import machine_info
 
 #: Every path the suite knows, in report order.
@@ -86,19 +86,22 @@ def bench_predict(run: str | Path, data: str | None = None, paths: Sequence[str]
         rounds: timed rounds after one warm-up pass per path.
         max_images: use at most this many images (training images first, then validation).
     """
-    from ..checkpoint import load_model, read_checkpoint
+    from ..checkpoint import load_model
     from ..infer import predict, prepare_inference
 
     dev = resolve_device(device)
     allowed = available_paths(dev)
     paths = list(allowed if paths is None else paths)
+    unknown = [p for p in paths if p not in PREDICT_PATHS]
+    if unknown:
+        raise ValueError(f"unknown path(s) {', '.join(unknown)}; choose from {', '.join(PREDICT_PATHS)}")
     bad = [p for p in paths if p not in allowed]
     if bad:
         raise ValueError(f"path(s) {', '.join(bad)} not available on {dev} (available: {', '.join(allowed)})")
     if rounds < 1 or max_images < 1:
         raise ValueError("rounds and max_images must be >= 1")
-    model, info, _ = load_model(run, dev)
-    images = [x.to(dev) for x in _images(read_checkpoint(run), data, max_images)]
+    model, info, ckpt = load_model(run, dev)
+    images = [x.to(dev) for x in _images(ckpt, data, max_images)]
     if not images:
         raise ValueError(f"{run}: its data has no images to predict")
     tile, pad = info.patch_size, info.normalization.pad_value()
@@ -107,12 +110,13 @@ def bench_predict(run: str | Path, data: str | None = None, paths: Sequence[str]
 
     runners: dict[str, tuple[Any, int, torch.dtype | None]] = {}
     setup_s: dict[str, float] = {}
+    fast = None  # the folded, channels_last model, shared by the fp32, bf16 and fp16 paths
     for name in ["eager", *[p for p in paths if p != "eager"]]:  # eager is the reference, always measured
         t0 = time.perf_counter()
         if name == "eager":
             runners[name] = (model, EAGER_BATCH, None)
         elif name in ("fp32", "bf16", "fp16"):
-            fast = runners.get("fp32", (None,))[0] or prepare_inference(copy.deepcopy(model), example)[0]
+            fast = fast or prepare_inference(copy.deepcopy(model), example)[0]
             runners[name] = (fast, FAST_BATCH, None if name == "fp32" else resolve_amp(name, dev))
         elif name == "compile":
             runners[name] = (prepare_inference(copy.deepcopy(model), example, compile=True)[0], FAST_BATCH, None)
@@ -185,9 +189,9 @@ def format_predict(report: dict[str, Any], markdown: bool = False) -> str:
             f"{report['device']}: {report['images']} images of {report['image_size'][0]}x{report['image_size'][1]}, "
             f"windows {report['tile']}, median of {report['rounds']} interleaved rounds; "
             f"'unetkit predict' default here: {report['default_path']}")
-    rows = [(r["path"] + (" (default)" if r["default"] else ""), _fmt(r["seconds"], ".3f"),
-             _fmt(r["images_per_s"], ".1f"), _fmt(r["speedup"], ".2f") + "x",
-             _fmt(100 * r["identical_pixels"], ".3f") + " %", _fmt(r["setup_s"], ".1f"))
+    rows = [(r["path"] + (" (default)" if r["default"] else ""), fmt(r["seconds"], ".3f"),
+             fmt(r["images_per_s"], ".1f"), fmt(r["speedup"], ".2f") + "x",
+             fmt(100 * r["identical_pixels"], ".3f") + " %", fmt(r["setup_s"], ".1f"))
             for r in report["rows"]]
     header = ("path", "seconds", "img/s", "vs eager", "pixels as eager", "setup s")
     return head + "\n\n" + table(header, rows, markdown)

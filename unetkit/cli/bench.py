@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..device import resolve_device
+from ..device import resolve_amp, resolve_device
 from .main import CLIError
 from .options import add_model_options, model_config_from_args
 
@@ -100,8 +100,8 @@ def _progress(args: argparse.Namespace):  # noqa: ANN202 - a print-like callable
     return None if args.quiet else (lambda msg: print(msg, flush=True))
 
 
-def _check(args: argparse.Namespace) -> tuple[list[str], UNetConfig, torch.device]:
-    """The phases, model config and device the flags ask for; a :class:`CLIError` for a bad flag."""
+def _check(args: argparse.Namespace) -> tuple[list[str], list[str], UNetConfig, torch.device]:
+    """The phases, precisions, model config and device the flags ask for; a :class:`CLIError` for a bad flag."""
     for name in ("size", "batch", "infer_batch", "iters"):
         if getattr(args, name) < 1:
             raise CLIError(f"--{name.replace('_', '-')} must be >= 1, not {getattr(args, name)}")
@@ -119,11 +119,11 @@ def _check(args: argparse.Namespace) -> tuple[list[str], UNetConfig, torch.devic
     try:
         config = model_config_from_args(args)
         device = resolve_device(args.device)
-        if "fp16" in amps and device.type != "cuda":
-            raise ValueError("--amp fp16 needs a CUDA device (--device cuda)")
+        for a in amps:  # the library's rule: fp16 only on CUDA
+            resolve_amp(a, device)
     except ValueError as e:
         raise CLIError(str(e)) from e
-    return phases, config, device
+    return phases, amps, config, device
 
 
 def _decoders(args: argparse.Namespace, config: UNetConfig) -> list[str | tuple[int, ...]]:
@@ -185,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the chosen suite, print its table, write the JSON report if asked."""
     from .. import bench
 
-    phases, config, device = _check(args)
+    phases, amps, config, device = _check(args)
     decoders = _decoders(args, config)
     progress = _progress(args)
     with bench.num_threads(args.threads):
@@ -211,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
                 device=device, infer_batch=args.infer_batch, decoders=decoders, phases=phases,
                 smp_encoder=args.smp_encoder,
                 profile=args.profile, compile_mode=args.compile_mode, keep_freed=args.malloc == "keep",
-                amp=[a.strip() for a in args.amp.split(",") if a.strip()], progress=progress)
+                amp=amps, progress=progress)
             text = bench.format_report(report, args.markdown)
     print(text)
     if args.json is not None:

@@ -281,7 +281,7 @@ class Trainer:
         if self.dist.is_main:
             self._log(msg)
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
+    def autocast(self) -> contextlib.AbstractContextManager:
         dev = self.dist.device.type
         return torch.autocast(dev, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
@@ -327,7 +327,7 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         was = model.training
         model.eval()
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), self.autocast():
             model(x)
             synchronize(dev)
             t0 = self.clock()
@@ -410,7 +410,7 @@ class Trainer:
             boundary = (i + 1) % cfg.grad_accum == 0 or i + 1 == n
             no_sync = self.model.no_sync() if self.dist.enabled and not boundary else contextlib.nullcontext()
             with no_sync:
-                with self._autocast():
+                with self.autocast():
                     out = self.model(images)
                 loss = self.loss(out, masks)
                 self.scaler.scale(loss / cfg.grad_accum).backward()
