@@ -15,7 +15,7 @@ Then, with the first seed's fp32 checkpoint (``best.pt``), in this process:
 
 * inference throughput of the demo model at batch 1 and batch 8 (whole 128x128 slices, channels_last,
   ``torch.inference_mode``), fp32 against bf16 autocast, interleaved round by round (medians);
-* agreement of bf16 and fp32 masks (``unetkit.infer.predict`` with the training patch size, as
+* agreement of bf16 and fp32 masks (``unetkit.inference.predict`` with the training patch size, as
   ``unetkit evaluate`` runs) on all the demo's slices: % identical pixels, and the validation mIoU of both.
 
     python benchmarks/bench_time_to_accuracy.py --seeds 0 1 [--time 60s] [--threads 1] [--out results.json]
@@ -99,7 +99,7 @@ def inference(ckpt: Path, rounds: int) -> dict[str, Any]:
 
     from unetkit.checkpoint import checkpoint_datasets, load_model
     from unetkit.evaluate import evaluate
-    from unetkit.infer import predict
+    from unetkit.inference import predict
 
     model, info, ck = load_model(ckpt, "cpu")
     model = model.to(memory_format=torch.channels_last).eval()

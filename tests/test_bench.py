@@ -29,7 +29,7 @@ from unetkit.bench import (
     run_bench,
 )
 from unetkit.cli.main import main
-from unetkit.infer import preferred_channels_last, prepare_inference
+from unetkit.inference import preferred_channels_last, prepare_inference
 from unetkit.models import UNetConfig
 
 TINY = {"config": UNetConfig(encoder="plain", base_channels=4), "size": 32, "batch": 2, "infer_batch": 3,

@@ -15,6 +15,7 @@ import torch
 from unetkit.bench import run_bench
 from unetkit.checkpoint import checkpoint_datasets, load_model, read_checkpoint
 from unetkit.evaluate import evaluate
+from unetkit.inference import Predictor
 from unetkit.models import UNetConfig
 from unetkit.train import TrainConfig, Trainer
 
@@ -28,8 +29,7 @@ TINY = dict(data="shapes", base_channels=8, depth=3, batch_size=4, samples=1, bo
 def cpu_miou(run: Path) -> float:
     model, info, ckpt = load_model(run / "best.pt", "cpu")
     _, val = checkpoint_datasets(ckpt)
-    return evaluate(model, val, num_classes=info.num_classes, ignore_index=info.ignore_index,
-                    tile_size=info.patch_size, pad_value=info.normalization.pad_value()).miou
+    return evaluate(Predictor(model, info, device="cpu", amp=None, batch_size=8), val).miou
 
 
 @pytest.mark.parametrize("amp", ["off", "bf16", "fp16"])

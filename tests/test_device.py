@@ -19,7 +19,7 @@ from unetkit.checkpoint import DataInfo, save_checkpoint
 from unetkit.cli.main import main
 from unetkit.data import generate_shapes
 from unetkit.device import CPU_BF16_ENV, cpu_has_native_bf16, describe_amp, probe_cpu_bf16, resolve_amp
-from unetkit.infer import predict
+from unetkit.inference import predict
 from unetkit.losses import build_loss
 from unetkit.train import TrainConfig
 from unetkit.train.trainer import Trainer

@@ -14,6 +14,7 @@ import torch
 
 from unetkit.checkpoint import checkpoint_datasets, load_model, read_checkpoint
 from unetkit.evaluate import ShardSampler, evaluate
+from unetkit.inference import Predictor
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
@@ -58,7 +59,7 @@ def test_ddp_validation_equals_single_process_evaluation(ddp_run):
     model, info, ckpt = load_model(out / "last.pt")
     _, val = checkpoint_datasets(ckpt)
     assert len(val) == 5  # odd: a padding sampler would count one image twice on 2 ranks
-    single = evaluate(model, val, num_classes=info.num_classes, ignore_index=info.ignore_index)
+    single = evaluate(Predictor(model, info, device="cpu", amp=None, batch_size=8), val)
     ddp_miou = ckpt["history"][-1]["val_miou"]
     assert single.miou == pytest.approx(ddp_miou, abs=1e-6)
 

@@ -26,7 +26,7 @@ def test_train_vgg16_local_weights_on_grey_demo_data(tmp_path):
     assert code == 0
     ckpt = read_checkpoint(out)
     assert ckpt["model_config"]["encoder"] == "vgg16" and ckpt["model_config"]["in_channels"] == 1
-    mean, std = ckpt["data"]["mean"], ckpt["data"]["std"]
+    mean, std = ckpt["plan"]["norm"]["mean"], ckpt["plan"]["norm"]["std"]
     assert len(mean) == len(std) == 1
     assert mean[0] == pytest.approx((0.485 + 0.456 + 0.406) / 3)  # ImageNet's RGB statistics, averaged
     assert std[0] == pytest.approx((0.229 + 0.224 + 0.225) / 3)

@@ -22,7 +22,7 @@ from torch import nn
 from unetkit import UNet
 from unetkit.checkpoint import CheckpointError, DataInfo, save_checkpoint
 from unetkit.cli.main import main
-from unetkit.infer import load_predictor, predict
+from unetkit.inference import Predictor, predict
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -279,7 +279,7 @@ def test_compare_onnx_times_with_the_shared_timer(exported, ct, monkeypatch):
 
 
 def test_importing_infer_does_not_load_onnxruntime():
-    code = "import sys, unetkit.infer; print('onnxruntime' in sys.modules, 'onnx' in sys.modules)"
+    code = "import sys, unetkit.inference; print('onnxruntime' in sys.modules, 'onnx' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
 
@@ -341,7 +341,7 @@ def test_predict_cli_same_labels_from_checkpoint_and_onnx(ckpt_and_images, expor
         assert (a == c).mean() > 0.98
     # Reading a 16-bit PNG of a slice and normalising with the checkpoint's mean/std reproduces the dataset's
     # input, so the masks are the model's predictions on the validation slices.
-    model, _ = load_predictor(ckpt)
+    model = Predictor.load(ckpt, device="cpu", fast=False).model
     _, val = ct
     for i, a in enumerate(masks["pt"]):
         assert (predict(model, val[i][0]).numpy() == a).mean() > 0.999

@@ -12,15 +12,18 @@ from PIL import Image
 from unetkit import UNet
 from unetkit.checkpoint import DataInfo, save_checkpoint
 from unetkit.cli.main import main
-from unetkit.infer import (
+from unetkit.data.preprocess import prepare_image
+from unetkit.inference import (
     gaussian_weight,
-    image_to_tensor,
     model_stride,
-    palette,
     predict,
     tile_starts,
 )
-from unetkit.viz import overlay
+from unetkit.viz import overlay, palette
+
+
+def image_to_tensor(image, info):
+    return prepare_image(image, info.normalization)
 
 COLORS = [(0, 0, 0), (230, 40, 40), (40, 180, 70)]
 
@@ -340,15 +343,15 @@ def test_predict_cli_missing_checkpoint_and_inputs(tmp_path, images, capsys):
     assert "matches no files" in capsys.readouterr().err
 
 
-def test_predict_cli_wrong_channel_count_is_one_line_error(tmp_path, images, capsys):
+def test_predict_cli_wrong_channel_count_is_reported_and_skipped(tmp_path, images, capsys):
     ckpt = save_ckpt(tiny(in_channels=4), tmp_path / "m4.pt")
     out = tmp_path / "out"
     rgb = tmp_path / "rgb.png"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(rgb)
-    assert main(["predict", str(ckpt), str(rgb), "--out", str(out)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1
-    assert "rgb.png: 3-channel image, but the model takes 4 channel(s)" in err
+    assert main(["predict", str(ckpt), str(rgb), "--out", str(out), "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("skipped ") and "1 failed" in err[1]
+    assert "rgb.png: 3-channel image, but the model takes 4 channel(s)" in err[-1]
     assert not out.exists() or not any(out.iterdir())
 
 

@@ -11,14 +11,15 @@ import torch
 import yaml
 from PIL import Image
 
-from unetkit.checkpoint import read_checkpoint
+from unetkit.checkpoint import DataInfo, read_checkpoint
 from unetkit.cli.main import main
 from unetkit.data import ArrayDataset, get_datasets
 from unetkit.data.fingerprint import Fingerprint, fingerprint
+from unetkit.data.normalization import SCHEMES
 from unetkit.data.patches import PatchDataset
 from unetkit.train import TrainConfig, fit
 from unetkit.train.config import parse_duration
-from unetkit.train.plan import Plan, make_plan, normalization_for
+from unetkit.train.plan import Plan, make_plan
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -114,7 +115,7 @@ def test_fingerprint_of_real_ct_slices():
     assert fp.percentiles[0] == pytest.approx(p.tolist(), abs=0.01)  # from 10,000 of 16,384 pixels per image
     exact = fingerprint(train, samples_per_image=128 * 128)  # every pixel
     assert exact.percentiles[0] == pytest.approx(p.tolist(), abs=1e-6)
-    assert normalization_for("zscore", fp).mean == (fp.mean[0],)
+    assert SCHEMES["zscore"]().values(fp).mean == (fp.mean[0],)
 
 
 # ----------------------------------------------------------------------------------------- patches
@@ -198,8 +199,8 @@ def test_mixed_sizes_train_and_plan_yaml_round_trips(mixed_run):
     assert plan.normalization == "percentile" and plan.epochs == 2
     ckpt = read_checkpoint(out / "best.pt")
     assert Plan.from_dict(ckpt["plan"]).to_dict() == plan.to_dict()
-    assert ckpt["data"]["clip"] == [list(c) for c in plan.norm.clip]
-    assert ckpt["data"]["patch_size"] == list(plan.patch_size)
+    info = DataInfo.from_checkpoint(ckpt)
+    assert info.clip == plan.norm.clip and info.patch_size == plan.patch_size
     rows = json.loads((out / "metrics.json").read_text())
     assert rows["images"] == 3 and rows["steps"] == 2 * plan.steps_per_epoch
 
@@ -225,12 +226,12 @@ def test_evaluate_a_test_folder_scores_every_pixel(mixed_run, tmp_path, capsys):
     js = tmp_path / "m.json"
     assert main(["evaluate", str(out), "--data", str(test), "--json", str(js), "--no-boundary-f1"]) == 0
     text = capsys.readouterr().out
-    assert f"(all): scored 4 images, {pixels:,} pixels" in text
+    assert f"(all split): scored 4 images, {pixels:,} pixels" in text
     result = json.loads(js.read_text())
     assert sum(map(sum, result["confusion_matrix"])) == pixels == result["pixels"]
     # The training folder itself: its validation split, as before.
     assert main(["evaluate", str(out), "--no-boundary-f1"]) == 0
-    assert "(val): scored 3 images" in capsys.readouterr().out
+    assert "(val split): scored 3 images" in capsys.readouterr().out
 
 
 def test_time_budget_stops_on_time(tmp_path, monkeypatch):
@@ -272,9 +273,9 @@ def test_one_preprocessing_for_validation_checkpoint_and_onnx(mixed_run, tmp_pat
     checkpoint and in predict with the exported ONNX file (16-bit data: percentile clip + z-score)."""
     from unetkit.checkpoint import checkpoint_datasets, load_model
     from unetkit.data import read_image
+    from unetkit.data.preprocess import prepare_image
     from unetkit.export import export_onnx
     from unetkit.export.runtime import OnnxModel
-    from unetkit.infer import image_to_tensor
 
     _, out = mixed_run
     model, info, ckpt = load_model(out)
@@ -286,8 +287,8 @@ def test_one_preprocessing_for_validation_checkpoint_and_onnx(mixed_run, tmp_pat
     assert onnx_info == info
     for i in range(len(val)):
         from_validation = val[i][0]
-        from_checkpoint = image_to_tensor(read_image(val.image_paths[i]), info)[0]
-        from_onnx = image_to_tensor(read_image(val.image_paths[i]), onnx_info)[0]
+        from_checkpoint = prepare_image(read_image(val.image_paths[i]), info.normalization)[0]
+        from_onnx = prepare_image(read_image(val.image_paths[i]), onnx_info.normalization)[0]
         assert torch.equal(from_validation, from_checkpoint) and torch.equal(from_checkpoint, from_onnx)
     pred_ckpt, pred_onnx = tmp_path / "p1", tmp_path / "p2"
     assert main(["predict", str(out), val.image_paths[0], "--out", str(pred_ckpt), "--no-progress"]) == 0

@@ -321,11 +321,12 @@ def test_report_headline_legend_curves_and_yaml_configuration(tmp_path):
     # Configuration: YAML, the changed options first, then the defaults; together the whole config.
     changed = yaml.safe_load(page.text["changed"])
     defaults = yaml.safe_load(page.text["defaults"])
-    assert changed == {"data": "shapes", "model": {"base_channels": 4, "depth": 3}, "batch_size": 4,
+    assert changed == {"data": {"source": "shapes"}, "model": {"base_channels": 4, "depth": 3}, "batch_size": 4,
                        "epochs": 10, "hflip": 0.5}
-    assert defaults["augment"] is True and defaults["num_classes"] is None
+    assert defaults["augment"] is True and defaults["data"]["num_classes"] is None
     assert defaults["model"]["encoder"] == "plain" and "depth" not in defaults["model"]
-    merged = {**defaults, **changed, "model": {**defaults["model"], **changed["model"]}}
+    merged = {**defaults, **changed, "model": {**defaults["model"], **changed["model"]},
+              "data": {**defaults["data"], **changed["data"]}}
     assert merged == cfg
     html_text = (tmp_path / "report.html").read_text()
     assert html_text.index('class="changed"') < html_text.index('class="defaults"')

@@ -88,7 +88,7 @@ def test_resume_cleans_temporaries_and_stores_resolved_data(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "run"
     assert main(["train", "--data", "data", *TINY[2:], "--out", str(out)]) == 0
-    assert read_checkpoint(out / "last.pt")["config"]["data"] == str(data.resolve())
+    assert read_checkpoint(out / "last.pt")["config"]["data"]["source"] == str(data.resolve())
     stale = out / ".last.pt.abc123.tmp"
     stale.write_bytes(b"partial")
     elsewhere = tmp_path / "elsewhere"

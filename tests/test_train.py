@@ -62,8 +62,8 @@ def test_run_directory_contents(trained):
     assert {"epoch", "train_loss", "val_loss", "val_miou", "val_dice", "val_pixel_accuracy", "lr"} <= set(rows[0])
     # Every checkpoint loads without unpickling code.
     ckpt = torch.load(trained / "last.pt", weights_only=True)
-    assert ckpt["epoch"] == 2 and ckpt["config"]["data"] == "shapes"
-    assert {"optimizer", "scheduler", "scaler", "rng", "history", "model_config", "data"} <= set(ckpt)
+    assert ckpt["epoch"] == 2 and ckpt["config"]["data"]["source"] == "shapes"
+    assert {"optimizer", "scheduler", "scaler", "rng", "history", "model_config", "plan", "classes"} <= set(ckpt)
     # The sample panel: 2 rows of image | truth | prediction, 48x48 enlarged 5x, with 4 px gaps, under a
     # 24 px band of column titles and above a one-line 30 px class legend.
     panel = Image.open(trained / "samples" / "epoch_002.png")
@@ -289,10 +289,11 @@ def test_adam_optimizers_are_fused_and_update_like_the_plain_loop():
 def test_checkpoints_are_written_together_not_at_every_improvement(tmp_path, monkeypatch):
     """Improvements are kept in memory and written with last.pt after the first epoch, every 30 s and at the
     end; best.pt and last.pt agree on the best score, and an interrupt writes the kept best state."""
+    from unetkit.train import outputs as outputs_mod
     from unetkit.train import trainer as trainer_mod
 
     writes: list[tuple[str, int]] = []
-    real_save = trainer_mod.save_checkpoint
+    real_save = outputs_mod.save_checkpoint
 
     def counting_save(state, path):
         writes.append((Path(path).name, state["epoch"]))
@@ -312,7 +313,7 @@ def test_checkpoints_are_written_together_not_at_every_improvement(tmp_path, mon
         return real_epoch(self, epoch)
 
     real_epoch = trainer_mod.Trainer.train_epoch
-    monkeypatch.setattr(trainer_mod, "save_checkpoint", counting_save)
+    monkeypatch.setattr(outputs_mod, "save_checkpoint", counting_save)
     monkeypatch.setattr(trainer_mod, "CHECKPOINT_EVERY_S", 1e9)  # however slow the machine
     monkeypatch.setattr(trainer_mod.Trainer, "validate", scripted)
     out = tmp_path / "run"

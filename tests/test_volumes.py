@@ -227,7 +227,7 @@ def test_train_predict_evaluate_volumes(volume_run, ct_volumes, tmp_path):
     from unetkit.metrics.surface import case_metrics
 
     ckpt = read_checkpoint(volume_run)
-    assert ckpt["data"]["volume"]["context"] == 1 and ckpt["data"]["in_channels"] == 3
+    assert ckpt["plan"]["volume"]["context"] == 1 and ckpt["model_config"]["in_channels"] == 3
     assert ckpt["plan"]["normalization"] == "ct"
     report = (volume_run / "report.html").read_text()
     assert "Per case" in report
@@ -268,8 +268,8 @@ def test_predict_refuses_volumes_with_a_2d_model(tmp_path, ct_volumes, capsys):
     from unetkit.train import TrainConfig, fit
 
     run = tmp_path / "run2d"
-    fit(TrainConfig(data="shapes", epochs=1, out=str(run), samples=0, boundary_f1=False,
-                    data_options={"num_samples": 4, "size": 32}), progress=False, log=lambda m: None)
+    fit(TrainConfig(data={"source": "shapes", "options": {"num_samples": 4, "size": 32}}, epochs=1, out=str(run),
+                    samples=0, boundary_f1=False), progress=False, log=lambda m: None)
     scan = ct_volumes / "images" / "ct_chest_0.nii.gz"
     assert main(["predict", str(run), str(scan), "--out", str(tmp_path / "p")]) == 2
     err = capsys.readouterr().err

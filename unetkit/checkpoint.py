@@ -1,23 +1,29 @@
 """Checkpoints: written atomically, read back with ``torch.load(weights_only=True)``.
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts (nothing pickled beyond
-that), so loading it never runs code:
+that), so loading it never runs code. Each fact is stored once:
 
 ``model``
     the model's state dict.
 ``model_config``
-    :attr:`unetkit.UNet.config`, enough to rebuild the architecture with :meth:`UNet.from_config`.
-``data``
-    what inference needs to know about the data: ``num_classes``, ``in_channels``, ``class_names``,
-    ``class_colors``, the normalisation (``mean``, ``std``, ``clip``), ``ignore_index`` and the training
-    ``patch_size`` (the tile size inference uses, so it sees what training saw).
-``plan``
-    the training plan (:class:`unetkit.train.plan.Plan`) with the reason for each choice.
+    :attr:`unetkit.UNet.config`, enough to rebuild the architecture with :meth:`UNet.from_config` (it
+    holds ``num_classes`` and ``in_channels``).
 ``config``
-    the training options (:class:`unetkit.train.TrainConfig` without ``model``, which is ``model_config``).
+    the training options as given (:class:`unetkit.train.TrainConfig` without ``model``), with the data's
+    options (:class:`unetkit.data.DataConfig`) under ``data``.
+``plan``
+    the training plan (:class:`unetkit.train.plan.Plan`): the normalisation, the training ``patch_size``
+    (the tile size inference uses, so it sees what training saw), how volumes were sliced, each choice with
+    its reason.
+``classes``
+    ``names`` and ``colors`` of the classes.
 ``epoch``, ``best_miou``, ``history``, ``run``, ``optimizer``, ``scheduler``, ``scaler``, ``rng``
-    training state (present in checkpoints written by :mod:`unetkit.train`), so ``--resume`` continues
-    a run exactly where it stopped.
+    training state, so ``--resume`` continues a run exactly where it stopped (``last.pt`` only: ``best.pt``
+    holds what evaluating, predicting and exporting need).
+
+:class:`DataInfo` is the inference-time view assembled from these parts
+(:meth:`DataInfo.from_checkpoint`); checkpoints of earlier versions, which stored it whole under ``data``,
+load unchanged.
 """
 
 from __future__ import annotations
@@ -29,7 +35,10 @@ from typing import Any
 import torch
 
 from .atomic import atomic_write
+from .data.config import DataConfig
+from .data.config import field_names as data_field_names
 from .data.preprocess import Normalization
+from .data.registry import open_datasets, open_test_set
 from .data.volumes import VolumeSettings
 from .models import UNet
 
@@ -91,6 +100,20 @@ class DataInfo:
                    None if patch_size is None else (int(patch_size[0]), int(patch_size[1])),
                    getattr(ds, "settings", None))
 
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict[str, Any]) -> DataInfo:
+        """The view of a checkpoint's stored parts (or, for earlier versions, its stored ``data``)."""
+        if isinstance(ckpt.get("data"), dict):
+            return cls.from_dict(ckpt["data"])
+        mc, plan, classes = ckpt["model_config"], ckpt["plan"], ckpt["classes"]
+        norm = Normalization.from_dict(plan["norm"])
+        data = checkpoint_data_config(ckpt)
+        volume = plan.get("volume")
+        return cls(int(mc["num_classes"]), int(mc["in_channels"]), list(classes["names"]),
+                   [tuple(int(v) for v in c) for c in classes["colors"]], norm.mean, norm.std,
+                   data.ignore_index, norm.clip, (int(plan["patch_size"][0]), int(plan["patch_size"][1])),
+                   None if volume is None else VolumeSettings.from_dict(volume))
+
     @property
     def normalization(self) -> Normalization:
         """The preprocessing the model was trained with."""
@@ -129,36 +152,66 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[UN
     except (RuntimeError, TypeError, ValueError) as e:
         raise CheckpointError(f"{ckpt['path']}: model weights do not match its config ({e}); "
                               "the file is damaged or from another version") from e
-    return model.to(device).eval(), DataInfo.from_dict(ckpt["data"]), ckpt
+    return model.to(device).eval(), DataInfo.from_checkpoint(ckpt), ckpt
 
 
-def checkpoint_datasets(ckpt: dict[str, Any], data: str | None = None) -> tuple[Any, Any]:
+def checkpoint_data_config(ckpt: dict[str, Any]) -> DataConfig:
+    """The :class:`DataConfig` a checkpoint was trained with (earlier versions stored its options flat)."""
+    cfg = ckpt.get("config") or {}
+    data = cfg.get("data")
+    if isinstance(data, dict):
+        return DataConfig.from_dict(data, where=ckpt.get("path", "checkpoint"))
+    flat = {k: cfg[k] for k in data_field_names() if k in cfg and k != "source"}
+    if "data_options" in cfg:
+        flat["options"] = cfg["data_options"]
+    return DataConfig.from_dict({**flat, "source": data or ""}, where=ckpt.get("path", "checkpoint"))
+
+
+#: Data options a trained model fixes: another value would feed it input it was not trained on.
+MODEL_BOUND = ("num_classes", "in_channels", "context", "slice_axis", "spacing")
+
+
+def checkpoint_datasets(ckpt: dict[str, Any], data: str | None = None, **overrides: Any) -> tuple[Any, Any]:
     """``(train, val)`` datasets for a checkpoint, normalised as it was trained, never augmented.
 
     ``data`` defaults to the dataset the checkpoint was trained on (with the same split seed and
-    options); a different folder or name is read with the checkpoint's classes and channels.
+    options); a different folder or name is read with the checkpoint's classes and channels. ``overrides``:
+    :class:`DataConfig` fields to change (e.g. ``val_fraction``); those the model fixes (:data:`MODEL_BOUND`)
+    must equal the model's.
     """
-    from .data import get_datasets
+    spec, kw = checkpoint_data(ckpt, data, **overrides)
+    return open_datasets(spec, **kw)
 
-    cfg = ckpt.get("config", {})
-    info = DataInfo.from_dict(ckpt["data"])
-    name = data or cfg.get("data")
-    if not name:
-        raise CheckpointError(f"{ckpt.get('path', 'checkpoint')}: it does not say which data it was trained on; "
-                              "pass --data DIR|NAME")
-    same = data is None or data == cfg.get("data")
-    options = dict(cfg.get("data_options") or {}) if same else {}
-    if info.volume is not None:  # slice the scans as the model was trained
-        options.update(context=info.volume.context, slice_axis=info.volume.slice_axis,
-                       spacing=info.volume.spacing or "native")
-        if info.volume.slice_axis is None:
-            options.pop("slice_axis")
-    train, val = get_datasets(name, mean=info.mean, std=info.std, num_classes=info.num_classes,
-                              in_channels=None if info.volume else info.in_channels,
-                              ignore_index=info.ignore_index,
-                              seed=int(cfg.get("seed", 0)), val_fraction=float(cfg.get("val_fraction", 0.2)),
-                              **options)
-    for ds in (train, val):
-        if ds is not None:
-            ds.set_normalization(info.normalization)
-    return train, val
+
+def checkpoint_test_set(ckpt: dict[str, Any], data: str | None = None, **overrides: Any) -> Any:
+    """Every image of ``data`` (default: the training folder) as one dataset, preprocessed as the checkpoint was
+    trained: a test set scored whole."""
+    spec, kw = checkpoint_data(ckpt, data, **overrides)
+    return open_test_set(spec, kw["normalization"], kw["volume"])
+
+
+def checkpoint_data(ckpt: dict[str, Any], data: str | None = None, **overrides: Any
+                    ) -> tuple[DataConfig, dict[str, Any]]:
+    """``(DataConfig, open_datasets keywords)`` that read ``data`` (default: the training data) as the
+    checkpoint's model was trained: its classes, channels, normalisation and volume slicing."""
+    where = ckpt.get("path", "checkpoint")
+    info = DataInfo.from_checkpoint(ckpt)
+    spec = checkpoint_data_config(ckpt)
+    if not (data or spec.source):
+        raise CheckpointError(f"{where}: it does not say which data it was trained on; pass --data DIR|NAME")
+    if data is not None and data != spec.source:  # another data set: the model's classes and channels
+        spec = DataConfig(source=data, val_fraction=spec.val_fraction, split_seed=spec.split_seed,
+                          ignore_index=spec.ignore_index)
+    trained = {"num_classes": info.num_classes, "in_channels": info.in_channels}
+    if info.volume is not None:
+        trained.update(context=info.volume.context, slice_axis=info.volume.slice_axis, spacing=info.volume.spacing)
+    for name in MODEL_BOUND:
+        given = overrides.pop(name, None)
+        if given is not None and (tuple(given) if name == "spacing" else given) != trained.get(name):
+            flag = "--" + name.replace("_", "-")
+            raise CheckpointError(f"{where}: the model was trained with {name} {trained.get(name)}, not {given}; drop "
+                                  f"{flag} (a model is applied to data as it was trained)")
+    spec = spec.replace(**overrides).replace(num_classes=info.num_classes,
+                                             in_channels=None if info.volume else info.in_channels)
+    seed = int((ckpt.get("config") or {}).get("seed", 0))
+    return spec, {"seed": seed, "normalization": info.normalization, "volume": info.volume}

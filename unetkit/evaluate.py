@@ -1,6 +1,7 @@
 """Evaluating a model on a dataset: dataset-level metrics, Boundary F1 and the loss, in one pass.
 
-Used by the trainer (validation every epoch, the final report) and by ``unetkit evaluate``. Under
+Used by the trainer (validation every epoch, the final report) and by ``unetkit evaluate``, both through a
+:class:`unetkit.inference.Predictor`, so validation scores a model exactly as ``predict`` applies it. Under
 ``torch.distributed`` every rank evaluates its own share of the samples (each counted exactly once)
 and the confusion matrices are all-reduced, so the numbers equal a single-process evaluation.
 """
@@ -10,13 +11,16 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .metrics import BoundaryF1, MeanMetric, SegmentationMetrics
+
+if TYPE_CHECKING:
+    from .inference import Predictor
 
 
 class ShardSampler(Sampler[int]):
@@ -147,34 +151,29 @@ def _distributed() -> tuple[int, int]:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, dataset: Dataset, *, num_classes: int, ignore_index: int | None = 255,
-             loss_fn: nn.Module | None = None, boundary: bool = False, batch_size: int = 8,
-             device: torch.device | str | None = None, num_workers: int = 0,
-             class_names: Sequence[str] = (), autocast_dtype: torch.dtype | None = None,
-             tile_size: int | tuple[int, int] | None = None,
-             pad_value: float | torch.Tensor | None = None, keep: Sequence[int] = (),
-             tolerance_mm: float = 1.0) -> EvalResult:
-    """Evaluate ``model`` on every sample of ``dataset`` (split across ranks under DDP), whole images.
+def evaluate(predictor: Predictor, dataset: Dataset, *, loss_fn: nn.Module | None = None, boundary: bool = False,
+             num_workers: int = 0, keep: Sequence[int] = (), tolerance_mm: float = 1.0) -> EvalResult:
+    """Evaluate ``predictor`` on every sample of ``dataset`` (split across ranks under DDP), whole images.
 
-    Images of any size are scored at their native resolution: with ``tile_size`` (the training patch
-    size) through Gaussian-blended sliding windows where an image is larger, padded with ``pad_value``
-    (default: the dataset's normalised black, as training pads) where it is smaller; consecutive images
-    of one size are batched. Metrics are dataset-level (one confusion matrix over every pixel).
+    Images of any size are scored at their native resolution, as the predictor applies its model (sliding
+    windows of its tile where an image is larger, padded with the normalised black where smaller, its
+    precision); consecutive images of one size are batched (``predictor.batch_size``). Metrics are
+    dataset-level (one confusion matrix over every pixel), for the predictor's classes and ignore index.
     ``boundary=True`` adds per-class Boundary F1 (CPU work, meant for final reports, not every epoch), and
     for a volume dataset (:class:`unetkit.data.volumes.VolumeSliceDataset`) per-case Dice, IoU, HD95 and
     normalised surface Dice at ``tolerance_mm`` on each case's slice grid (``EvalResult.per_case``).
     The loss, when ``loss_fn`` is given, is the mean over samples. The predicted labels of the samples
     in ``keep`` (those this rank evaluates) come back in ``EvalResult.kept``, e.g. for sample pictures
-    without a second prediction. ``autocast_dtype`` (from :func:`unetkit.device.resolve_amp`) applies to the
-    model's forward passes only: the logits, the loss and the metrics are float32.
+    without a second prediction. Only the model's forward passes run in reduced precision: the logits, the
+    loss and the metrics are float32.
     """
-    from .infer import predict
     from .models.outputs import logits_to_labels
 
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    info = predictor.info
+    num_classes, ignore_index, class_names = info.num_classes, info.ignore_index, info.class_names
+    batch_size = predictor.batch_size
+    device = predictor.device
     rank, world = _distributed()
-    if pad_value is None and getattr(dataset, "normalization", None) is not None:
-        pad_value = dataset.normalization.pad_value()  # type: ignore[union-attr]
     cases = getattr(dataset, "cases", None) if boundary else None  # volumes: per-case metrics in final reports
     if cases is not None:  # whole cases per rank, so each rank can score its cases
         sampler: Sampler[int] = _CaseSampler(dataset, rank, world)
@@ -191,8 +190,6 @@ def evaluate(model: nn.Module, dataset: Dataset, *, num_classes: int, ignore_ind
                                   class_names=list(class_names) or None)
     wanted = set(keep)
     kept: dict[int, torch.Tensor] = {}
-    was_training = model.training
-    model.eval()
     metrics = SegmentationMetrics(num_classes, ignore_index=ignore_index, device=device)
     bf1 = BoundaryF1(num_classes, ignore_index=ignore_index) if boundary else None
     loss_mean = MeanMetric(device)
@@ -201,8 +198,7 @@ def evaluate(model: nn.Module, dataset: Dataset, *, num_classes: int, ignore_ind
     def score(indices: list[int], images: list[torch.Tensor], masks: list[torch.Tensor]) -> None:
         x = torch.stack(images).to(device, non_blocking=True)
         y = torch.stack(masks).to(device, non_blocking=True)
-        logits = predict(model, x, tile_size=tile_size, output="logits", batch_size=batch_size,
-                         pad_value=pad_value, autocast_dtype=autocast_dtype)  # float32 logits
+        logits = predictor.predict_tensor(x, output="logits")  # float32 logits
         metrics.update(logits, y)
         if loss_fn is not None:
             loss_mean.update(loss_fn(logits, y).detach(), weight=x.shape[0])
@@ -226,7 +222,6 @@ def evaluate(model: nn.Module, dataset: Dataset, *, num_classes: int, ignore_ind
         group[2].append(mask)
     if group[0]:
         score(*group)
-    model.train(was_training)
     case_result = None
     if per_case is not None:
         case_result = _gather_cases(per_case)

@@ -248,3 +248,15 @@ def save_rgb_png(rgb: np.ndarray, path: str | Path | BinaryIO) -> None:
     from PIL import Image
 
     Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(path, format="PNG")
+
+
+def palette(info: Any) -> list[tuple[int, int, int]]:
+    """One RGB colour per label value of a model (its :class:`~unetkit.checkpoint.DataInfo`): the class colours
+    (a one-channel model's labels 0/1 get two)."""
+    from .data.classes import default_colors
+
+    n = max(info.num_classes, 2)
+    colors = [tuple(int(v) for v in c) for c in info.class_colors[:n]]
+    if len(colors) < n:
+        colors = ([(0, 0, 0)] + colors)[:n] if info.num_classes == 1 else colors + default_colors(n)[len(colors):]
+    return colors  # type: ignore[return-value]

@@ -17,12 +17,12 @@ One job per module: :mod:`.machine` (machine info, malloc tuning, threads, peak 
 :mod:`.model_suite` (our UNet against smp), :mod:`.suites` (metrics and encoders), :mod:`.profile` and
 :mod:`.format` (tables). Timing is :mod:`unetkit.timing`'s, devices are
 :func:`unetkit.device.resolve_device`'s, models are ``UNet(UNetConfig(...))``, and the inference policy
-(:func:`prepare_inference`, :func:`preferred_channels_last`) is :mod:`unetkit.infer`'s.
+(:func:`prepare_inference`, :func:`preferred_channels_last`) is :mod:`unetkit.inference`'s.
 """
 
 from __future__ import annotations
 
-from ..infer import preferred_channels_last, prepare_inference
+from ..inference import preferred_channels_last, prepare_inference
 from .flops import count_forward_flops, count_params, count_train_flops
 from .format import format_encoders_markdown, format_metrics, format_report
 from .harness import PHASES, SCHEMA_VERSION

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..device import amp_name
-from ..infer import compile_for_inference, preferred_channels_last
+from ..inference import compile_for_inference, preferred_channels_last
 from ..timing import median, timed
 from .flops import main_output, train_loss
 from .machine import PeakMemory
@@ -93,7 +93,7 @@ def on_off(value: str | bool, name: str) -> list[bool]:
 
 def compile_variant(module: nn.Module, compile_mode: str | None,
                     inference: bool = False) -> Callable[..., Any]:
-    """``torch.compile`` in ``compile_mode``; inference in the default mode compiles as :mod:`unetkit.infer`
+    """``torch.compile`` in ``compile_mode``; inference in the default mode compiles as :mod:`unetkit.inference`
     does (with freezing)."""
     if inference and compile_mode is None:
         return compile_for_inference(module)

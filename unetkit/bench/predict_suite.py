@@ -6,7 +6,7 @@ the padding training used, exactly as ``unetkit predict`` does. The paths:
 
 * ``eager``: fp32, the model as loaded, 4 windows per forward pass (``unetkit predict`` before it had a
   fast path; the reference every other path's masks are compared with);
-* ``fp32``: conv+BN folded and the preferred memory layout (:func:`unetkit.infer.prepare_inference`),
+* ``fp32``: conv+BN folded and the preferred memory layout (:func:`unetkit.inference.prepare_inference`),
   16 windows per pass;
 * ``bf16`` / ``fp16``: the same under autocast (bf16 on CUDA and on CPUs that run it natively; fp16 on CUDA);
 * ``compile``: the fp32 path through ``torch.compile`` (compile time reported as setup);
@@ -87,7 +87,7 @@ def bench_predict(run: str | Path, data: str | None = None, paths: Sequence[str]
         max_images: use at most this many images (training images first, then validation).
     """
     from ..checkpoint import load_model
-    from ..infer import predict, prepare_inference
+    from ..inference import Predictor, prepare_inference
 
     dev = resolve_device(device)
     allowed = available_paths(dev)
@@ -104,7 +104,7 @@ def bench_predict(run: str | Path, data: str | None = None, paths: Sequence[str]
     images = [x.to(dev) for x in _images(ckpt, data, max_images)]
     if not images:
         raise ValueError(f"{run}: its data has no images to predict")
-    tile, pad = info.patch_size, info.normalization.pad_value()
+    tile = info.patch_size
     example = images[0][None]
     default = _default_path(dev)
 
@@ -126,12 +126,14 @@ def bench_predict(run: str | Path, data: str | None = None, paths: Sequence[str]
         if progress:
             progress(f"  {name}: ready in {setup_s[name]:.1f} s")
 
+    predictors = {name: Predictor(net, info, device=dev, amp=dtype, batch_size=batch)
+                  for name, (net, batch, dtype) in runners.items()}
+
     def one_pass(name: str) -> tuple[float, list[torch.Tensor]]:
-        net, batch, dtype = runners[name]
+        predictor = predictors[name]
         synchronize(dev)
         t0 = time.perf_counter()
-        out = [predict(net, x, tile_size=tile, batch_size=batch, pad_value=pad, autocast_dtype=dtype)
-               for x in images]
+        out = [predictor.predict_tensor(x) for x in images]
         synchronize(dev)
         return time.perf_counter() - t0, out
 

@@ -48,19 +48,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def checkpoint_dataset(ckpt: dict[str, Any]) -> str | None:
-    """The dataset name or folder the checkpoint was trained on (``config["data"]``), if recorded."""
-    data = (ckpt.get("config") or {}).get("data")
-    if isinstance(data, dict):
-        data = data.get("name") or data.get("dataset") or data.get("path") or data.get("root")
-    return str(data) if data else None
+    """The dataset name or folder the checkpoint was trained on, if recorded."""
+    from ..checkpoint import checkpoint_data_config
+
+    return checkpoint_data_config(ckpt).source or None
 
 
 def _split(name: str, ckpt: dict[str, Any], split: str) -> Any:
-    """One split of a dataset, normalised with the model's mean/std (from the checkpoint).
-
-    For the checkpoint's own dataset the training run's ``seed``, ``val_fraction`` and ``data_options``
-    are reused, so the validation split is the one the model was validated on.
-    """
+    """One split of a dataset, read and normalised as the model was trained (for the checkpoint's own dataset
+    the training run's split seed, share and options, so the validation split is the one it was validated on)."""
     from ..checkpoint import checkpoint_datasets
 
     train, val = checkpoint_datasets(ckpt, name)
@@ -81,7 +77,7 @@ def calibration_images(source: str, info: Any, samples: int, ckpt: dict[str, Any
     """
     from ..data import BUILTIN_DATASETS
     from ..data.io import IMAGE_EXTENSIONS, read_image
-    from ..infer import image_to_tensor
+    from ..data.preprocess import prepare_image
 
     path = Path(source)
     if source.lower() in BUILTIN_DATASETS or (path.is_dir() and (path / "images").is_dir()):
@@ -96,7 +92,7 @@ def calibration_images(source: str, info: Any, samples: int, ckpt: dict[str, Any
     images = []
     for i in _evenly(len(files), samples):
         try:
-            images.append(image_to_tensor(read_image(files[i]), info)[0])
+            images.append(prepare_image(read_image(files[i]), info.normalization)[0])
         except Exception as e:  # noqa: BLE001 - one unreadable calibration image is a user error
             raise CLIError(f"{files[i]}: cannot use as a calibration image ({e})") from e
     return images

@@ -30,8 +30,8 @@ def _shown(value: Any) -> str:
 
 
 def add_field(group: argparse._ActionsContainer, f: dataclasses.Field, hint: Any, *, default: Any,
-              suppress: bool) -> None:
-    """Add ``--<f.name>`` to ``group``.
+              suppress: bool, name: str | None = None) -> None:
+    """Add ``--<name>`` (default: the field's name) to ``group``.
 
     ``suppress=True``: an absent flag leaves no attribute (so "given" can be told from "default"); the help
     shows ``default`` unless it is ``None`` (the help text then says what happens).
@@ -44,9 +44,10 @@ def add_field(group: argparse._ActionsContainer, f: dataclasses.Field, hint: Any
     if default is not None and default != [] and "(default" not in text:
         text += f" (default: {_shown(default)})"
     kw: dict[str, Any] = {"default": argparse.SUPPRESS if suppress else default, "help": text}
+    name = name or f.name
     choices = meta.get("choices")
     if base is bool:
-        group.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, **kw)
+        group.add_argument(flag(name), action=argparse.BooleanOptionalAction, **kw)
         return
     origin = typing.get_origin(base)
     if origin in (tuple, list):
@@ -56,7 +57,7 @@ def add_field(group: argparse._ActionsContainer, f: dataclasses.Field, hint: Any
         metavar = f.name.upper() if nargs == "+" else tuple(f"{f.name.upper()}{i + 1}" for i in range(n))
         if str in args:  # numbers or one word (--decoder-channels mirror); the config checks which
             item = _number_or_word(item)
-        group.add_argument(flag(f.name), type=item, nargs=nargs, metavar=metavar, **kw)
+        group.add_argument(flag(name), type=item, nargs=nargs, metavar=metavar, **kw)
         return
     # "none" means None only where None is a value (e.g. --attention none); --norm none stays the string.
     kind = base if base in (int, float) else (none_or_str if optional else str)
@@ -66,7 +67,7 @@ def add_field(group: argparse._ActionsContainer, f: dataclasses.Field, hint: Any
         kw["choices"] = _Choices(shown, none=None in choices)
     else:
         kw["metavar"] = f.name.upper()
-    group.add_argument(flag(f.name), type=kind, **kw)
+    group.add_argument(flag(name), type=kind, **kw)
 
 
 def _number_or_word(kind: type) -> Any:
@@ -107,3 +108,26 @@ def model_config_from_args(args: argparse.Namespace, **fixed: Any) -> UNetConfig
     names = {f.name for f in dataclasses.fields(UNetConfig)}
     values = {k: v for k, v in vars(args).items() if k in names}
     return UNetConfig.from_dict({**values, **fixed}, where="flags")
+
+
+def add_data_options(parser: argparse.ArgumentParser, *, suppress: bool = True, skip: Iterable[str] = (),
+                     title: str = "data") -> None:
+    """One group of flags for every :class:`DataConfig` field (but ``skip`` and the built-ins' ``options``);
+    ``source`` is ``--data``."""
+    from ..data.config import FLAG_NAMES, DataConfig
+
+    group = parser.add_argument_group(title)
+    hints = typing.get_type_hints(DataConfig)
+    defaults = DataConfig()
+    for f in dataclasses.fields(DataConfig):
+        if f.name not in skip and f.name != "options":
+            add_field(group, f, hints[f.name], default=getattr(defaults, f.name), suppress=suppress,
+                      name=FLAG_NAMES.get(f.name))
+
+
+def data_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The data options given as flags, by :class:`DataConfig` field name (``--data`` is ``source``)."""
+    from ..data.config import FLAG_NAMES, field_names
+
+    flags = {FLAG_NAMES.get(n, n): n for n in field_names() if n != "options"}
+    return {name: vars(args)[flag] for flag, name in flags.items() if flag in vars(args)}

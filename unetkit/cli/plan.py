@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     device = resolve_device(cfg.device)
     train, val, fp, plan = load_and_plan(cfg, device)
-    print(f"data {cfg.data}: {describe_split(train, val)}, {train.num_classes} classes\n")
+    print(f"data {cfg.data.source}: {describe_split(train, val)}, {train.num_classes} classes\n")
     print(fp.summary())
     print(f"\nplan for {device.type.upper()} training:")
     print(plan.table())

@@ -10,7 +10,7 @@ import typing
 
 from ..train import TrainConfig
 from ..train.config import DATA_MODEL_FIELDS, GROUPS
-from .options import add_field, add_model_options
+from .options import add_data_options, add_field, add_model_options, data_flags
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -37,12 +37,13 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     defaults = TrainConfig()
     group = p
     for f in dataclasses.fields(TrainConfig):
-        if f.name == "model":
+        if f.name == "data":
+            add_data_options(p)
+        elif f.name == "model":
             add_model_options(p, suppress=True, skip=DATA_MODEL_FIELDS, defaults=defaults.model)
-            continue
-        if f.name in GROUPS:
-            group = p.add_argument_group(GROUPS[f.name])
-        if f.name != "data_options":
+        else:
+            if f.name in GROUPS:
+                group = p.add_argument_group(GROUPS[f.name])
             add_field(group, f, hints[f.name], default=getattr(defaults, f.name), suppress=True)
 
 
@@ -50,13 +51,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Defaults, then ``--config`` YAML, then flags."""
     from ..models.config import field_names
 
-    known = {f.name for f in dataclasses.fields(TrainConfig)} | set(field_names())
+    known = ({f.name for f in dataclasses.fields(TrainConfig)} | set(field_names())) - {"data"}
     flags = {k: v for k, v in vars(args).items() if k in known}
     if "grad_clip" in flags and not flags["grad_clip"]:
         flags["grad_clip"] = None
-    TrainConfig.from_dict(flags, where="flags")  # a bad flag is blamed on the flag, not on the file
+    data = data_flags(args)
+    TrainConfig.from_dict({**flags, "data": data}, where="flags")  # a bad flag is blamed on the flag, not the file
     base = TrainConfig.from_yaml(args.config).to_dict() if args.config else {}
-    return TrainConfig.from_dict({**base, **flags}, where=args.config or "flags")
+    merged = {**base, **flags, "data": {**(base.get("data") or {}), **data}}
+    return TrainConfig.from_dict(merged, where=args.config or "flags")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,9 +75,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     longer = "epochs" in vars(args) or "time" in vars(args)  # a resumed run may be extended
     if args.resume is not None:
+        from ..data.config import field_names as data_field_names
         from ..models.config import field_names
 
-        options = set(cfg.to_dict()) | set(field_names())
+        options = set(cfg.to_dict()) | set(field_names()) | set(data_field_names())
         other = sorted(set(vars(args)) & options - {"epochs", "time"})
         if other or args.config:
             given = ", ".join(f"--{n.replace('_', '-')}" for n in other) or "--config"

@@ -15,6 +15,7 @@ See ``docs/data.md``.
 from ..models.encoders.base import IMAGENET_MEAN, IMAGENET_STD
 from .base import ArrayDataset, SegmentationDataset, compute_stats
 from .classes import IGNORE_COLOR, default_colors, default_names, read_class_file
+from .config import DataConfig
 from .ct_chest import CT_CHEST_CLASSES, CT_CHEST_COLORS, CT_CHEST_WINDOW, CTChestDataset, load_ct_chest
 from .errors import DatasetError
 from .export import export_dataset
@@ -22,7 +23,15 @@ from .folder import FolderDataset, FolderScan, load_folder, scan_folder, split_i
 from .io import IMAGE_EXTENSIONS, read_image, read_mask
 from .loader import make_loader
 from .preprocess import Normalization, imagenet_stats, prepare_image
-from .registry import BUILTIN_DATASETS, DEFAULT_DATASET, dataset_names, get_dataset, get_datasets
+from .registry import (
+    BUILTIN_DATASETS,
+    DEFAULT_DATASET,
+    dataset_names,
+    get_dataset,
+    get_datasets,
+    open_datasets,
+    open_test_set,
+)
 from .shapes import ShapesDataset, generate_shapes
 from .transforms import AugmentConfig, JointTransform, build_transforms
 
@@ -39,6 +48,7 @@ __all__ = [
     "ArrayDataset",
     "AugmentConfig",
     "CTChestDataset",
+    "DataConfig",
     "DatasetError",
     "FolderDataset",
     "FolderScan",
@@ -56,6 +66,8 @@ __all__ = [
     "get_dataset",
     "get_datasets",
     "imagenet_stats",
+    "open_datasets",
+    "open_test_set",
     "load_ct_chest",
     "load_folder",
     "make_loader",

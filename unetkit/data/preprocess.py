@@ -21,11 +21,11 @@ from .io import channels_convertible, convert_channels, to_image_tensor
 
 
 def imagenet_stats(in_channels: int = 3) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """ImageNet mean/std for ``in_channels`` (RGB values for 3; their average repeated otherwise)."""
-    if in_channels == 3:
-        return IMAGENET_MEAN, IMAGENET_STD
-    m, s = float(np.mean(IMAGENET_MEAN)), float(np.mean(IMAGENET_STD))
-    return (m,) * in_channels, (s,) * in_channels
+    """ImageNet mean/std for ``in_channels``, adapted as pretrained encoders adapt their first convolution
+    (one channel: the average; more than three: the RGB values repeated cyclically)."""
+    from ..models.encoders.torchvision_backbones import adapt_normalisation
+
+    return adapt_normalisation(IMAGENET_MEAN, IMAGENET_STD, in_channels)
 
 
 @dataclass(frozen=True)

@@ -5,14 +5,18 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .base import SegmentationDataset, compute_stats
+from .config import DataConfig
+from .config import field_names as data_field_names
 from .ct_chest import CTChestDataset
 from .errors import DatasetError
 from .folder import load_folder
+from .preprocess import Normalization
 from .shapes import ShapesDataset
 from .transforms import AugmentConfig, build_transforms
-from .volumes import is_volume_folder, load_volumes
+from .volumes import VolumeSettings, is_volume_folder, load_volumes
 
 #: Built-in dataset names; ``ct-chest`` is the default.
 BUILTIN_DATASETS: tuple[str, ...] = ("ct-chest", "shapes")
@@ -51,80 +55,134 @@ def _builtin(name: str, *, seed: int, num_classes: int | None, in_channels: int 
             ShapesDataset(n_val, seed=seed + 1_000_003, split="val", **common))
 
 
+def open_datasets(data: DataConfig, *, seed: int = 0, normalization: Normalization | None = None,
+                  augment: AugmentConfig | None = None, volume: VolumeSettings | None = None
+                  ) -> tuple[SegmentationDataset, SegmentationDataset | None]:
+    """``(train, val)`` as ``data`` describes them: the one place a data set is opened, for training,
+    ``plan``, ``evaluate``, ``predict --data`` and ``export``'s calibration.
+
+    The validation split is drawn with ``data.split_seed`` (``None``: ``seed``, the run's). Both splits are
+    normalised by ``normalization`` (``None``: left as read, [0, 1] pixels, until a plan says otherwise);
+    ``augment`` applies to the training split only. ``volume``: the slicing a plan or a checkpoint fixed,
+    which wins over ``data``'s volume options. ``val`` is ``None`` only for a folder without ``val/``
+    and ``val_fraction=0``. A source that is neither a built-in name nor an existing folder raises
+    :class:`DatasetError`; a built-in name wins over a same-named folder in the working directory (write
+    ``./shapes`` for the folder).
+    """
+    seed = seed if data.split_seed is None else data.split_seed
+    key = data.source.lower()
+    volume_options = volume_kwargs(data, volume)
+    train: SegmentationDataset
+    val: SegmentationDataset | None
+    if key in BUILTIN_DATASETS:
+        if volume_options or data.binary is not None or data.cache is not None:
+            raise DatasetError(f"{key}: --context, --slice-axis, --spacing, --binary and --cache apply to folders; "
+                               "drop them for a built-in dataset")
+        train, val = _builtin(key, seed=seed, num_classes=data.num_classes, in_channels=data.in_channels,
+                              ignore_index=data.ignore_index, options=dict(data.options))
+    else:
+        path = Path(data.source)
+        if not path.exists():
+            raise DatasetError(f"'{data.source}' is neither a built-in dataset ({', '.join(BUILTIN_DATASETS)}) "
+                               "nor an existing folder; pass one of those names or a folder with images/ and masks/")
+        if data.options:
+            raise DatasetError(f"{path}: data options {sorted(data.options)} apply only to the built-in datasets; "
+                               "remove them for a folder")
+        if is_volume_folder(path):
+            if data.in_channels is not None and data.in_channels != 2 * data.context + 1:
+                raise DatasetError(f"{path}: volumes give 2 * context + 1 = {2 * data.context + 1} input channel(s), "
+                                   f"not {data.in_channels}; drop --in-channels (set --context instead)")
+            train, val = load_volumes(path, num_classes=data.num_classes, ignore_index=data.ignore_index,
+                                      val_fraction=data.val_fraction, seed=seed, **volume_options)
+        elif volume_options:
+            raise DatasetError(f"{path}: --context, --slice-axis and --spacing apply to volume folders (NIfTI, "
+                               "NRRD, MetaImage, DICOM); this folder holds 2D images")
+        else:
+            train, val = load_folder(path, num_classes=data.num_classes, in_channels=data.in_channels,
+                                     ignore_index=data.ignore_index, val_fraction=data.val_fraction, seed=seed,
+                                     binary=data.binary, cache=data.cache)
+    for ds in (train, val):  # the identity until a plan says otherwise: no statistics pass here
+        if ds is not None:
+            ds.set_normalization(normalization or Normalization((0.0,), (1.0,)))
+    if augment is not None:
+        train.transform = build_transforms(augment, True, in_channels=train.in_channels,
+                                           ignore_index=train.ignore_index, unit_range=_unit_range(train))
+    return train, val
+
+
+def volume_kwargs(data: DataConfig, volume: VolumeSettings | None = None) -> dict[str, Any]:
+    """The slicing options for :func:`unetkit.data.volumes.scan_volumes`: ``volume``'s when a plan or a
+    checkpoint fixed them (its spacing ``None`` keeps each scan's native spacing), else those ``data`` gives."""
+    if volume is None:
+        return data.volume_options
+    opts: dict[str, Any] = {"context": volume.context, "spacing": volume.spacing or "native"}
+    if volume.slice_axis is not None:
+        opts["slice_axis"] = volume.slice_axis
+    return opts
+
+
+def open_test_set(data: DataConfig, normalization: Normalization | None = None,
+                  volume: VolumeSettings | None = None) -> SegmentationDataset:
+    """Every image (every case) of the folder ``data.source`` as one dataset: a test set scored whole."""
+    from .folder import FolderDataset
+    from .volumes import VolumeSliceDataset, scan_volumes
+
+    if data.source.lower() in BUILTIN_DATASETS:
+        raise DatasetError(f"{data.source}: built-in datasets have fixed splits; score its val or train split")
+    path = Path(data.source)
+    if not path.is_dir():
+        raise DatasetError(f"{path}: no such folder; pass a folder with images/ and masks/")
+    ds: SegmentationDataset
+    if is_volume_folder(path):
+        scan = scan_volumes(path, num_classes=data.num_classes, ignore_index=data.ignore_index, val_fraction=0.0,
+                            **volume_kwargs(data, volume))
+        ds = VolumeSliceDataset(scan, "all")
+    else:
+        ds = FolderDataset(path, split="all", num_classes=data.num_classes, in_channels=data.in_channels,
+                           ignore_index=data.ignore_index, val_fraction=0.0, binary=data.binary, cache=data.cache)
+    if normalization is not None:
+        ds.set_normalization(normalization)
+    return ds
+
+
 def get_datasets(
     name_or_dir: str | os.PathLike = DEFAULT_DATASET,
     *,
     augment: AugmentConfig | bool | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
-    num_classes: int | None = None,
-    in_channels: int | None = None,
-    ignore_index: int = 255,
-    val_fraction: float = 0.2,
     seed: int = 0,
-    binary: bool | None = None,
-    cache: bool | None = None,
-    context: int = 0,
-    slice_axis: int | None = None,
-    spacing: Sequence[float] | str | None = None,
-    **options: object,
+    **options: Any,
 ) -> tuple[SegmentationDataset, SegmentationDataset | None]:
-    """``(train, val)`` for a built-in name (``"ct-chest"``, ``"shapes"``) or a dataset folder.
+    """``(train, val)`` for a built-in name (``"ct-chest"``, ``"shapes"``) or a dataset folder: the
+    Python shortcut to :func:`open_datasets`.
 
     * ``augment``: an :class:`AugmentConfig` (``True`` = defaults) applied to the training split only.
     * ``mean``/``std``: normalisation (e.g. :func:`imagenet_stats` for a pretrained encoder); when
       ``None`` both splits use :func:`compute_stats` of the training images.
-    * Folder options: ``num_classes``, ``in_channels``, ``ignore_index``, ``val_fraction``, ``seed``,
-      ``binary``, ``cache`` (see :func:`unetkit.data.folder.scan_folder`).
-    * Volume folders (``images/`` holding CT/MRI volumes): ``context``, ``slice_axis``, ``spacing`` (see
-      :func:`unetkit.data.volumes.scan_volumes`); the samples are slices, split by case.
-    * Built-in options (``**options``): shapes ``num_samples``, ``val_samples``, ``size``,
-      ``max_shapes``, ``noise`` (``seed``, ``num_classes``, ``in_channels`` apply too); ct-chest ``window``.
-
-    ``val`` is ``None`` only for a folder without ``val/`` and ``val_fraction=0``. A string that is
-    neither a built-in name nor an existing folder raises :class:`DatasetError`. A built-in name wins
-    over a same-named folder in the working directory; write ``./shapes`` for the folder.
+    * ``seed``: the validation split's seed.
+    * ``**options``: the fields of :class:`DataConfig` (``num_classes``, ``in_channels``, ``ignore_index``,
+      ``val_fraction``, ``binary``, ``cache``; for volume folders ``context``, ``slice_axis``, ``spacing``);
+      any other keyword goes to a built-in dataset (shapes ``num_samples``, ``val_samples``, ``size``,
+      ``max_shapes``, ``noise``; ct-chest ``window``).
     """
     if (mean is None) != (std is None):
         raise ValueError("pass both mean and std, or neither (dataset statistics are then computed)")
-    key = name_or_dir.lower() if isinstance(name_or_dir, str) else None
-    train: SegmentationDataset
-    val: SegmentationDataset | None
-    if key in BUILTIN_DATASETS:
-        train, val = _builtin(key, seed=seed, num_classes=num_classes, in_channels=in_channels,
-                              ignore_index=ignore_index, options=dict(options))
-    else:
-        path = Path(name_or_dir)
-        if not path.exists():
-            raise DatasetError(f"'{name_or_dir}' is neither a built-in dataset ({', '.join(BUILTIN_DATASETS)}) "
-                               "nor an existing folder; pass one of those names or a folder with images/ and masks/")
-        if options:
-            raise DatasetError(f"{path}: data_options {sorted(options)} apply only to the built-in datasets; "
-                               "remove data_options for a folder")
-        if is_volume_folder(path):
-            if in_channels is not None and in_channels != 2 * context + 1:
-                raise DatasetError(f"{path}: volumes give 2 * context + 1 = {2 * context + 1} input channel(s), "
-                                   f"not {in_channels}; drop --in-channels (set --context instead)")
-            train, val = load_volumes(path, num_classes=num_classes, ignore_index=ignore_index,
-                                      val_fraction=val_fraction, seed=seed, context=context,
-                                      slice_axis=slice_axis, spacing=spacing)
-        elif context or slice_axis is not None or spacing is not None:
-            raise DatasetError(f"{path}: --context, --slice-axis and --spacing apply to volume folders (NIfTI, "
-                               "NRRD, MetaImage, DICOM); this folder holds 2D images")
-        else:
-            train, val = load_folder(path, num_classes=num_classes, in_channels=in_channels,
-                                     ignore_index=ignore_index, val_fraction=val_fraction, seed=seed,
-                                     binary=binary, cache=cache)
+    fields = set(data_field_names()) - {"source", "options"}
+    given = {k: v for k, v in options.items() if k in fields}
+    volume = None
+    if given.get("spacing") == "native":  # each scan's own spacing, resampled nowhere
+        volume = VolumeSettings(context=given.get("context", 0), slice_axis=given.get("slice_axis"), spacing=None)
+        given.pop("spacing")
+    data = DataConfig(source=os.fspath(name_or_dir), **given,
+                      options={k: v for k, v in options.items() if k not in fields}).validate("get_datasets")
+    train, val = open_datasets(data, seed=seed, augment=AugmentConfig() if augment is True else augment or None,
+                               volume=volume)
     if mean is None or std is None:
         mean, std = compute_stats(train)
-    train.set_normalization(mean, std)
-    if val is not None:
-        val.set_normalization(mean, std)
-    if augment is True:
-        augment = AugmentConfig()
-    if isinstance(augment, AugmentConfig):
-        train.transform = build_transforms(augment, True, in_channels=train.in_channels,
-                                           ignore_index=train.ignore_index, unit_range=_unit_range(train))
+    for ds in (train, val):
+        if ds is not None:
+            ds.set_normalization(mean, std)
     return train, val
 
 

@@ -48,7 +48,7 @@ def ort_session(model: str | Path | bytes, threads: int | None = None, providers
 
 
 class OnnxModel:
-    """An exported ``.onnx`` model run by ONNX Runtime, usable wherever ``unetkit.infer.predict`` takes a model.
+    """An exported ``.onnx`` model run by ONNX Runtime, usable wherever ``unetkit.inference.predict`` takes a model.
 
     Reads the unetkit metadata written by :func:`unetkit.export.export_onnx` into :attr:`data_info`
     (class names and colours, mean/std, channels) and :attr:`config`. ``model(x)`` takes a float

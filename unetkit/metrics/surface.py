@@ -49,6 +49,8 @@ import numpy as np
 import torch
 from scipy.ndimage import binary_erosion, distance_transform_edt
 
+from .confusion import confusion_counts
+
 __all__ = [
     "CASE_METRIC_NAMES", "PerCaseMetrics", "case_metrics", "hausdorff95", "surface_dice", "surface_distances",
 ]
@@ -61,6 +63,11 @@ ArrayLike = np.ndarray | torch.Tensor
 
 def _numpy(x: ArrayLike) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _tensor(labels: np.ndarray) -> torch.Tensor:
+    """A label map as a tensor sharing memory (bool as uint8), for :func:`confusion_counts`."""
+    return torch.from_numpy(np.ascontiguousarray(labels.view(np.uint8) if labels.dtype == bool else labels))
 
 
 def _spacing(spacing: float | Sequence[float] | None, ndim: int) -> tuple[float, ...]:
@@ -213,12 +220,7 @@ def case_metrics(
     spacing = _spacing(spacing, pred.ndim)
     tol = _tolerance(tolerance_mm)
     # confusion matrix of the valid voxels (rows truth, cols pred): Dice/IoU for every class at once
-    idx = truth.astype(np.int64).reshape(-1)
-    idx *= num_classes
-    np.add(idx, pred.reshape(-1), out=idx, casting="unsafe")  # values checked above: no overflow
-    if valid is not None:
-        idx = idx[valid.reshape(-1)]
-    cm = np.bincount(idx, minlength=num_classes**2).reshape(num_classes, num_classes)
+    cm = confusion_counts(_tensor(pred), _tensor(truth), num_classes, ignore_index).numpy()
     out: dict[str, list[float]] = {name: [] for name in CASE_METRIC_NAMES}
     for c in classes:
         if c == ignore_index:

@@ -10,10 +10,11 @@ option means adding a field here and using it in :class:`unetkit.UNet`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ..fields import option
 
 UPSAMPLE_MODES = ("transpose", "bilinear", "pixelshuffle")
 SKIP_MODES = ("crop", "pool", "interpolate", "pad")
@@ -22,11 +23,6 @@ NORMS = ("batch", "none")
 ATTENTIONS = (None, "self")
 #: The plain encoder's first width when none is given (the paper's 64..1024).
 DEFAULT_BASE_CHANNELS = 64
-
-
-def option(default: Any, help: str, choices: Sequence[Any] | None = None) -> Any:
-    """A dataclass field carrying its command-line help and allowed values."""
-    return field(default=default, metadata={"help": help, "choices": tuple(choices) if choices else None})
 
 
 @dataclass

@@ -46,3 +46,50 @@ class Budget:
                  f"checkpoints and pictures {max(other, 0.0):.1f}s"]
         head = f"time {total:.1f}s" + (f" of a {format_duration(self.limit)} budget" if self.limit else "")
         return f"{head}: " + ", ".join(parts)
+
+    # ----------------------------------------------------------------- sizing a run to the budget
+    def reserve(self) -> float:
+        """Seconds kept for the end: the last validation (with Boundary F1) and, when that was not the best
+        epoch, the best checkpoint's evaluation, plus the report."""
+        return 2.5 * (self.val_s or 0.0) + 2.0
+
+    def spent(self) -> bool:
+        """Whether the budget, less :meth:`reserve`, is used up (never without a limit)."""
+        return self.limit is not None and self.elapsed() >= self.limit - self.reserve()
+
+    def fit_steps(self, step: int, total: int, steps_between_validations: int) -> int:
+        """The run's length in steps once ``step_s`` and ``val_s`` are measured: as many as the budget holds
+        after ``step`` (a validation every ``steps_between_validations`` steps), never more than ``total``."""
+        if self.limit is None or self.step_s is None:
+            return total
+        left = self.limit - self.elapsed() - self.reserve()
+        per_step = self.step_s + (self.val_s or 0.0) / max(1, steps_between_validations)
+        return max(step, min(total, step + int(max(0.0, left) / per_step)))
+
+    def refit_steps(self, step: int, since: tuple[int, float], cap: int) -> int:
+        """The run's length from the pace since ``since`` = ``(step, elapsed)`` (checkpoints and validation
+        included), so the learning-rate schedule ends when the time does; at most ``cap``."""
+        step0, t0 = since
+        pace = (self.elapsed() - t0) / max(1, step - step0)
+        left = (self.limit or 0.0) - self.elapsed() - self.reserve()
+        return min(cap, step + max(0, int(left / pace)))
+
+
+def forward_seconds(model: Any, x: Any, clock: Callable[[], float] = time.monotonic) -> float:
+    """Seconds per sample of an inference forward pass of ``model`` on the batch ``x`` (timed after one warm-up
+    pass; call it under the run's autocast), from which a validation's cost is estimated."""
+    import torch
+
+    from ..timing import synchronize
+
+    was = model.training
+    model.eval()
+    with torch.inference_mode():
+        model(x)
+        synchronize(x.device)
+        t0 = clock()
+        model(x)
+        synchronize(x.device)
+        seconds = (clock() - t0) / x.shape[0]
+    model.train(was)
+    return seconds

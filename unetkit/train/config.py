@@ -18,7 +18,10 @@ from typing import Any
 
 import yaml
 
-from ..models.config import UNetConfig, option
+from ..data.config import DataConfig
+from ..data.config import field_names as data_field_names
+from ..fields import check_value, option
+from ..models.config import UNetConfig
 from ..models.config import field_names as model_field_names
 
 NORMALIZATIONS = ("zscore", "percentile", "ct", "imagenet")
@@ -26,7 +29,7 @@ LOSSES = ("ce", "dice", "ce+dice", "bce", "bce+dice", "focal", "tversky")
 #: Model fields that come from the data, not from model flags (``num_classes``, ``in_channels``).
 DATA_MODEL_FIELDS = ("num_classes", "in_channels")
 #: The ``--help`` groups: the first field of each group and its title, in field order.
-GROUPS = {"data": "data", "model": "model", "patch_size": "plan (decided from the data unless given)",
+GROUPS = {"model": "model", "patch_size": "plan (decided from the data unless given)",
           "augment": "augmentation (training only)", "lr": "optimisation",
           "seed": "hardware and reproducibility", "out": "outputs"}
 
@@ -35,22 +38,12 @@ GROUPS = {"data": "data", "model": "model", "patch_size": "plan (decided from th
 class TrainConfig:
     """Everything a run needs; saved as ``config.yaml`` in the run directory and in every checkpoint.
 
-    ``data_options`` go to the built-in dataset (e.g. ``{"size": 64, "num_samples": 32}`` for ``shapes``).
-    Augmentation fields go to :class:`unetkit.data.AugmentConfig` (``augment=False`` turns them all off).
+    The data's options are one :class:`unetkit.data.DataConfig` under ``data`` (a bare string is its
+    ``source``), the model's one :class:`unetkit.UNetConfig` under ``model``. Augmentation fields go to
+    :class:`unetkit.data.AugmentConfig` (``augment=False`` turns them all off).
     """
 
-    # data
-    data: str = option("ct-chest", "a built-in dataset (ct-chest, shapes) or a folder with images/ and masks/")
-    num_classes: int | None = option(None, "number of classes (default: from the masks or classes.yaml)")
-    in_channels: int | None = option(None, "image channels (default: from the images)")
-    ignore_index: int = option(255, "mask value excluded from loss and metrics")
-    val_fraction: float = option(0.2, "fraction held out for validation when the folder has no val/ "
-                                      "(volume folders: a fraction of the cases)")
-    context: int = option(0, "volumes: neighbouring slices on each side stacked as extra input channels (2.5D)")
-    slice_axis: int | None = option(None, "volumes: voxel axis 0, 1 or 2 to cut slices along (default: each "
-                                          "scan's coarsest-spacing axis)")
-    spacing: tuple[float, float] | None = option(None, "volumes: in-plane spacing in mm to resample slices to "
-                                                       "(default: planned from the cases' spacings)")
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "the data's options"})
     # model
     model: UNetConfig = field(default_factory=UNetConfig, metadata={"help": "the model's options"})
     # plan: None = decided from the data
@@ -108,16 +101,18 @@ class TrainConfig:
     out: str | None = option(None, "run directory (default: runs/<timestamp>)")
     samples: int = option(4, "validation images drawn in samples/epoch_XXX.png")
     boundary_f1: bool = option(True, "compute Boundary F1 for the final report")
-    data_options: dict[str, Any] = field(default_factory=dict, metadata={"help": "options of a built-in dataset"})
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
             self.model = UNetConfig.from_dict(self.model)
+        if isinstance(self.data, (str, dict)):
+            self.data = DataConfig.from_dict(self.data)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["model"] = self.model.to_dict()
-        for name in ("scale", "patch_size", "spacing"):
+        d["data"] = self.data.to_dict()
+        for name in ("scale", "patch_size"):
             if d[name] is not None:
                 d[name] = list(d[name])
         return d
@@ -126,8 +121,9 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any], where: str = "config") -> TrainConfig:
         """Build from a mapping (e.g. a YAML file), checking every option's type and range.
 
-        Model options may be given flat (``encoder: vgg16``, as flags are) or under ``model:``. Errors name
-        the option and ``where`` (the file).
+        Model and data options may be given flat (``encoder: vgg16``, ``num_classes: 3``, as flags are) or
+        under ``model:`` / ``data:``; ``data: DIR`` is the data's source (configs and checkpoints of earlier
+        versions wrote the data options flat). Errors name the option and ``where`` (the file).
         """
         d = dict(d)
         if "crop_size" in d:  # configs of earlier versions: a random crop is now a training patch
@@ -136,7 +132,16 @@ class TrainConfig:
         model = d.pop("model", None) or {}
         if not isinstance(model, dict):
             raise ValueError(f"{where}: 'model' must be a mapping of model options")
-        model = dict(model)
+        data = d.pop("data", None)
+        data = {} if data is None else ({"source": data} if isinstance(data, str) else data)
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: 'data' must be a folder, a built-in name or a mapping of data options")
+        model, data = dict(model), dict(data)
+        if "data_options" in d:
+            data["options"] = d.pop("data_options")
+        for name in data_field_names():
+            if name in d and name != "source":
+                data[name] = d.pop(name)
         for name in model_field_names():
             if name in d and name not in DATA_MODEL_FIELDS:
                 model[name] = d.pop(name)
@@ -145,14 +150,11 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"{where}: unknown option(s) {', '.join(unknown)}; see 'unetkit train --help'")
         hints = typing.get_type_hints(cls)
-        values = {k: check_value(k, v, hints[k], where) for k, v in d.items() if k != "data_options"}
-        if "data_options" in d:
-            if not isinstance(d["data_options"] or {}, dict):
-                raise ValueError(f"{where}: data_options must be a mapping")
-            values["data_options"] = dict(d["data_options"] or {})
+        values = {k: check_value(k, v, hints[k], where) for k, v in d.items()}
         mhints = typing.get_type_hints(UNetConfig)
         model = {k: check_value(k, v, mhints[k], where) if k in mhints else v for k, v in model.items()}
         values["model"] = UNetConfig.from_dict(model, where)
+        values["data"] = DataConfig.from_dict(data, where)
         cfg = cls(**values)
         cfg.validate(where)
         return cfg
@@ -172,7 +174,8 @@ class TrainConfig:
 
     def validate(self, where: str = "config") -> None:
         """Range checks that types alone do not catch; errors name the option and ``where``."""
-        positive = ("batch_size", "epochs", "val_every", "grad_accum", "num_classes", "in_channels")
+        self.data.validate(where)
+        positive = ("batch_size", "epochs", "val_every", "grad_accum")
         for name in positive:
             v = getattr(self, name)
             if v is not None and v < 1:
@@ -181,8 +184,6 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and not 0.0 <= v <= 1.0:
                 raise ValueError(f"{where}: {name} is a probability in [0, 1], not {v}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"{where}: val_fraction must be in [0, 1), not {self.val_fraction}")
         for name in ("lr", "weight_decay", "rotate", "color_jitter", "warmup_epochs", "plateau_patience",
                      "samples"):
             if getattr(self, name) < 0 or (name == "lr" and self.lr == 0):
@@ -199,16 +200,6 @@ class TrainConfig:
             parse_duration(self.time, where)
         if self.early_stopping is not None and self.early_stopping < 1:
             raise ValueError(f"{where}: early_stopping must be >= 1, not {self.early_stopping}")
-        if self.context < 0:
-            raise ValueError(f"{where}: context must be >= 0, not {self.context}")
-        if self.slice_axis is not None and self.slice_axis not in (0, 1, 2):
-            raise ValueError(f"{where}: slice_axis must be 0, 1 or 2 (a voxel axis), not {self.slice_axis}")
-        if self.spacing is not None:
-            sp = tuple(float(v) for v in self.spacing)
-            sp = sp * 2 if len(sp) == 1 else sp
-            if len(sp) != 2 or min(sp) <= 0:
-                raise ValueError(f"{where}: spacing takes one or two positive numbers (mm), not {self.spacing}")
-            self.spacing = sp  # type: ignore[assignment]
         if self.scale is not None and (len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]):
             raise ValueError(f"{where}: scale takes two numbers 0 < low <= high, not {self.scale}")
 
@@ -226,53 +217,3 @@ def parse_duration(text: str | float | int, where: str = "time") -> float:
     if seconds <= 0:
         raise ValueError(f"{where}: time must be positive, not {text!r}")
     return seconds
-
-
-def check_value(name: str, value: Any, hint: Any, where: str) -> Any:
-    """``value`` converted to ``hint`` (int, float, str, bool, tuple/list of numbers, optional of those).
-
-    Raises ``ValueError`` naming ``name`` and ``where`` for a value of the wrong kind (e.g. ``epochs: abc``).
-    """
-    args = typing.get_args(hint)
-    optional = type(None) in args
-    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null")):
-        if optional:
-            return None
-        raise ValueError(f"{where}: {name} needs a value, not None")
-    if str in args:  # a word where a union allows one (decoder_channels: mirror, or [mirror] from a flag)
-        word = value[0] if isinstance(value, (list, tuple)) and len(value) == 1 else value
-        if isinstance(word, str) and not word.strip().isdigit():
-            return word
-    base = next((a for a in args if a is not type(None)), hint) if optional else hint
-    origin = typing.get_origin(base)
-    kind = "true or false" if base is bool else getattr(base, "__name__", str(base))
-    try:
-        if base is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off"):
-                return value.lower() in ("true", "yes", "on")
-            raise TypeError
-        if base is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise TypeError
-            return int(value)
-        if base is float:
-            if isinstance(value, bool):
-                raise TypeError
-            return float(value)
-        if base is str:
-            if not isinstance(value, str):
-                raise TypeError
-            return value
-        if origin in (tuple, list):
-            item = typing.get_args(base)[0]
-            items = value if isinstance(value, (list, tuple)) else [value]
-            conv = [check_value(name, v, item, where) for v in items]
-            kind = f"a list of {item.__name__}"
-            return tuple(conv) if origin is tuple else conv
-    except (TypeError, ValueError) as e:
-        if isinstance(e, ValueError) and str(e).startswith(where):
-            raise
-        raise ValueError(f"{where}: {name} must be {kind}, not {value!r}") from None
-    return value

@@ -35,9 +35,10 @@ from typing import Any
 import torch
 
 from ..data.fingerprint import Fingerprint
+from ..data.normalization import choose_normalization
 from ..data.preprocess import Normalization
-from ..models.encoders.base import IMAGENET_MEAN, IMAGENET_STD
-from ..models.encoders.torchvision_backbones import adapt_normalisation
+from ..models.config import UNetConfig
+from ..models.encoders import encoder_normalisation
 from .config import TrainConfig, parse_duration
 
 #: Patch pixels per training step, per device type (the CPU value: what the demo's 4 x 128 x 128 costs).
@@ -174,36 +175,21 @@ def _depth_for(side: int) -> int:
     return max(2, min(MAX_DEPTH, int(math.floor(math.log2(max(side, 1) / MIN_BOTTLENECK))) + 1))
 
 
-def make_plan(fp: Fingerprint, cfg: TrainConfig, device: torch.device | str = "cpu") -> Plan:
-    """The plan for training ``cfg`` on data fingerprinted as ``fp`` on ``device``; ``cfg``'s values win."""
+def make_plan(fp: Fingerprint, cfg: TrainConfig, device: torch.device | str = "cpu",
+              num_classes: int | None = None) -> Plan:
+    """The plan for training ``cfg`` on data fingerprinted as ``fp`` on ``device``; ``cfg``'s values win.
+
+    ``num_classes``: the model's output channels (1 for a binary model read through a sigmoid; default:
+    the fingerprint's classes).
+    """
     dev = "cuda" if torch.device(device).type == "cuda" else "cpu"
     why: dict[str, str] = {}
     model = cfg.model
     plain = model.encoder == "plain"
-    pretrained = model.encoder_weights is not None
 
-    # Normalisation.
-    if cfg.normalization is not None:
-        scheme = cfg.normalization
-        why["normalization"] = "given"
-    elif pretrained:
-        scheme = "imagenet"
-        why["normalization"] = "pretrained encoder: the statistics its weights were trained with"
-    elif fp.modality == "ct" and fp.foreground_percentiles is not None:
-        scheme = "ct"
-        why["normalization"] = ("CT volumes: clip to the 0.5-99.5 percentiles of the Hounsfield units inside the "
-                                "labels, then z-score with their mean and std (as nnU-Net)")
-    elif fp.dtype == "uint16" or (fp.dtype == "float32" and (min(fp.minimum) < 0 or max(fp.maximum) > 1)):
-        scheme = "percentile"
-        kind = ("volumes in scanner units" if fp.spacing is not None else
-                "16-bit images" if fp.dtype == "uint16" else "unscaled float images")
-        why["normalization"] = (f"{kind}: clip "
-                                "outliers to the 0.5-99.5 percentiles, then z-score")
-    else:
-        scheme = "zscore"
-        why["normalization"] = (f"{'8-bit' if fp.dtype == 'uint8' else 'float [0, 1]'} images: "
-                                "the data set's mean and std")
-    norm = normalization_for(scheme, fp)
+    # Normalisation: the one rule, from the fingerprint and the encoder's weights.
+    weights = encoder_normalisation(model.encoder, model.encoder_weights, fp.in_channels)
+    scheme, norm, why["normalization"] = choose_normalization(fp, cfg.normalization, weights)
 
     # Patch, depth, stride.
     stats = fp.size_stats()
@@ -275,7 +261,7 @@ def make_plan(fp: Fingerprint, cfg: TrainConfig, device: torch.device | str = "c
         loss = cfg.loss
         why["loss"] = "given"
     else:
-        loss = "bce+dice" if model.num_classes == 1 else "ce+dice"
+        loss = "bce+dice" if (num_classes or fp.num_classes) == 1 else "ce+dice"
         why["loss"] = "cross-entropy for calibrated pixels + Dice for overlap"
     weights = cfg.class_weights
     if weights is not None:
@@ -314,7 +300,7 @@ def plan_length(cfg: TrainConfig, samples: int, batch: int, device: torch.device
 
 def validation_windows(val: Any, patch: tuple[int, int]) -> int:
     """Forward passes of one validation: sliding windows of the patch size (50 % overlap) per image."""
-    from ..infer import tile_starts
+    from ..inference import tile_starts
 
     ph, pw = patch
     total = 0
@@ -340,77 +326,36 @@ def plan_validation(cfg: TrainConfig, val: Any, plan: Plan) -> tuple[int, str]:
                    f"{every} epoch(s) of training ({epoch_patches} patches, forward and backward)")
 
 
-def normalization_for(scheme: str, fp: Fingerprint) -> Normalization:
-    """The :class:`Normalization` values of ``scheme`` for the fingerprinted data."""
-    if scheme == "imagenet":  # as the encoders adapt them to other channel counts (the trainer then uses
-        mean, std = adapt_normalisation(IMAGENET_MEAN, IMAGENET_STD, fp.in_channels)  # the encoder's own)
-        return Normalization(mean, std)
-    if scheme == "percentile":
-        clip = tuple((p[0], p[-1]) for p in fp.percentiles)
-        return Normalization(fp.clipped_mean, [max(s, 1e-6) for s in fp.clipped_std], clip)
-    if scheme == "zscore":
-        return Normalization(fp.mean, [s if s >= 1e-6 else 1.0 for s in fp.std])
-    if scheme == "ct":
-        if fp.foreground_percentiles is None or fp.foreground_mean is None or fp.foreground_std is None:
-            raise ValueError("normalization ct needs labelled voxels in the training data; use percentile")
-        p = fp.foreground_percentiles
-        return Normalization([fp.foreground_mean] * fp.in_channels, [max(fp.foreground_std, 1e-6)] * fp.in_channels,
-                             [(p[0], p[-1])] * fp.in_channels)
-    raise ValueError(f"normalization must be zscore, percentile, ct or imagenet, not {scheme!r}")
-
-
-def apply_plan(cfg: TrainConfig, plan: Plan) -> TrainConfig:
-    """``cfg`` with every planned choice filled in (given values are already the plan's)."""
-    import dataclasses
-
-    return dataclasses.replace(
-        cfg, patch_size=plan.patch_size, batch_size=plan.batch_size, normalization=plan.normalization,
-        foreground_fraction=plan.foreground_fraction, loss=plan.loss, class_weights=plan.class_weights,
-        model=cfg.model.replace(depth=plan.depth, base_channels=plan.base_channels))
-
-
-def volume_options(cfg: TrainConfig, volume: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The volume options of ``cfg`` for :func:`unetkit.data.get_datasets` (none when left at their defaults,
-    so built-in and 2D datasets never see them). ``volume``: a resumed run's planned settings, which win."""
-    opts: dict[str, Any] = {}
-    spacing = None if volume is None else (volume.get("spacing") or "native")
-    if cfg.context:
-        opts["context"] = cfg.context
-    if cfg.slice_axis is not None:
-        opts["slice_axis"] = cfg.slice_axis
-    if (spacing or cfg.spacing) is not None:
-        opts["spacing"] = spacing or cfg.spacing
-    return opts
+def model_config(cfg: TrainConfig, plan: Plan, train: Any) -> UNetConfig:
+    """The model a run builds: ``cfg.model`` with the planned depth and width and the data's classes and
+    channels (``cfg`` itself is left as given)."""
+    return cfg.model.replace(depth=plan.depth, base_channels=plan.base_channels, num_classes=train.num_classes,
+                             in_channels=train.in_channels)
 
 
 def load_data(cfg: TrainConfig, norm: Normalization | None = None, augment: Any = None,
               volume: dict[str, Any] | None = None) -> tuple[Any, Any]:
     """Read and check ``cfg.data``: ``(train, val)`` (``val`` is ``None`` when there is none), normalised by
     ``norm`` (``None``: the identity, until a plan says otherwise); ``volume``: a plan's volume settings."""
-    from ..data import get_datasets
+    from ..data import open_datasets
+    from ..data.volumes import VolumeSettings
 
-    train, val = get_datasets(cfg.data, augment=augment, num_classes=cfg.num_classes, in_channels=cfg.in_channels,
-                              ignore_index=cfg.ignore_index, val_fraction=cfg.val_fraction, seed=cfg.seed,
-                              mean=(0.0,), std=(1.0,),
-                              **volume_options(cfg, volume), **cfg.data_options)  # no statistics pass: planned
-    for d in (train, val):
-        if d is not None and norm is not None:
-            d.set_normalization(norm)
-    return train, val
+    return open_datasets(cfg.data, seed=cfg.seed, normalization=norm, augment=augment,
+                         volume=None if volume is None else VolumeSettings.from_dict(volume))
 
 
 def load_and_plan(cfg: TrainConfig, device: torch.device | str = "cpu", augment: Any = None
                   ) -> tuple[Any, Any, Fingerprint, Plan]:
     """Read and check ``cfg.data``, fingerprint its training split and plan: ``(train, val, fp, plan)``.
 
-    Both datasets come back normalised as the plan says (``val`` is ``None`` when there is none).
+    Both datasets come back normalised as the plan says (``val`` is ``None`` when there is none); ``cfg`` is
+    not changed.
     """
     from ..data.fingerprint import fingerprint
 
     train, val = load_data(cfg, augment=augment)
-    cfg.model = cfg.model.replace(num_classes=train.num_classes, in_channels=train.in_channels)
     fp = fingerprint(train)
-    plan = make_plan(fp, cfg, device)
+    plan = make_plan(fp, cfg, device, num_classes=train.num_classes)
     if val is not None:
         plan.val_every, plan.reasons["val_every"] = plan_validation(cfg, val, plan)
     settings = getattr(train, "settings", None)

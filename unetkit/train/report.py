@@ -236,19 +236,18 @@ def _plain(v: Any) -> Any:
 
 def split_config(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(changed, defaults)``: the options that differ from :class:`TrainConfig`'s defaults (planned values
-    count as changed), and those that do not; the nested ``model`` mapping is split the same way against
-    :class:`UNetConfig`'s defaults. Key order is kept."""
-    from ..models import UNetConfig
+    count as changed), and those that do not; the nested ``model`` and ``data`` mappings are split the same
+    way against :class:`UNetConfig`'s and :class:`DataConfig`'s defaults. Key order is kept."""
     from .config import TrainConfig
 
-    defaults, model_defaults = _plain(TrainConfig().to_dict()), _plain(UNetConfig().to_dict())
+    defaults = _plain(TrainConfig().to_dict())
     changed: dict[str, Any] = {}
     same: dict[str, Any] = {}
     for key, value in _plain(config).items():
-        if key == "model" and isinstance(value, dict):
+        if key in ("model", "data") and isinstance(value, dict):
             for k, v in value.items():
-                side = same if k in model_defaults and model_defaults[k] == v else changed
-                side.setdefault("model", {})[k] = v
+                side = same if k in defaults[key] and defaults[key][k] == v else changed
+                side.setdefault(key, {})[k] = v
         elif key in defaults and defaults[key] == value:
             same[key] = value
         else:

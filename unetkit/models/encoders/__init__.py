@@ -50,3 +50,31 @@ from .catalog import EncoderRecord, format_encoders, list_encoders  # noqa: E402
 
 __all__ = ["Encoder", "EncoderRecord", "adapt_input_conv", "encoder_names", "format_encoders", "get_encoder",
            "list_encoders", "register_encoder"]
+
+
+def encoder_normalisation(name: str, weights: str | None, in_channels: int
+                          ) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The input statistics the weights of encoder ``name`` were trained with, for ``in_channels``, without
+    building it or reading its weights; ``None`` for an encoder trained from scratch.
+
+    ``"imagenet"``: the preprocessing of the torchvision weights enum (timm: the model's pretrained config);
+    a local weights file: ImageNet's, as :func:`~.torchvision_backbones.load_weights` assumes.
+    """
+    from .base import IMAGENET_MEAN, IMAGENET_STD
+    from .torchvision_backbones import IMAGENET_WEIGHTS, adapt_normalisation, enum_normalisation
+
+    if weights is None:
+        return None
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    if weights == "imagenet" and name in IMAGENET_WEIGHTS:
+        mean, std = enum_normalisation(IMAGENET_WEIGHTS[name])
+    elif weights == "imagenet" and name.startswith("timm:"):
+        try:
+            import timm
+
+            cfg = timm.models.get_pretrained_cfg(name[5:])
+            if cfg is not None and cfg.mean and cfg.std:
+                mean, std = tuple(cfg.mean), tuple(cfg.std)
+        except (ImportError, RuntimeError):
+            pass
+    return adapt_normalisation(mean, std, in_channels)

@@ -1,30 +1,22 @@
-"""Inference at any image size: whole-image or Gaussian-blended sliding windows, optional flip TTA.
+"""Sliding-window inference at any image size: Gaussian-blended tiles, optional flip TTA.
 
 :func:`predict` takes a normalised image and a model (a PyTorch module or an :class:`OnnxModel`) and
 returns class labels or probabilities at the image's full size. Large images are cut into overlapping
 tiles whose predictions are blended with a Gaussian weight (centre pixels count most), the approach
 of nnU-Net and MONAI: the tile borders, where a convolution sees zero padding instead of context, hardly
 contribute, so the stitched result shows no seams. Memory stays bounded by ``batch_size`` tiles plus one
-accumulator of the image's size.
-
-The rest of the module turns files into model inputs and predictions into pictures:
-:func:`load_predictor`, :func:`image_to_tensor`, :func:`palette`, :func:`colorize`, :func:`overlay`,
-:func:`save_mask_png`.
+accumulator of the image's size. Most callers use :class:`unetkit.inference.Predictor`, which knows a
+trained model's tile, padding and precision.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 
-from .checkpoint import DataInfo, load_model
-from .data.preprocess import prepare_image
-from .export.runtime import OnnxModel  # re-exported: predict takes one like a module
-from .models.outputs import logits_to_probs, probs_to_labels
+from ..models.outputs import logits_to_probs, probs_to_labels
 
 #: Smallest blending weight relative to the tile centre, so every pixel has a usable weight.
 MIN_WEIGHT = 1e-4
@@ -40,18 +32,6 @@ class Model(Protocol):
     def eval(self) -> Any: ...
 
 
-def load_predictor(path: str | Path, device: str | torch.device = "cpu") -> tuple[Model, DataInfo]:
-    """``(model, data_info)`` from a checkpoint (``.pt`` or run directory) or an exported ``.onnx`` file."""
-    p = Path(path)
-    if p.suffix.lower() == ".onnx":
-        gpu = torch.device(device).type != "cpu"
-        onnx_model = OnnxModel(p, providers=["CUDAExecutionProvider", "CPUExecutionProvider"] if gpu else None)
-        return onnx_model, onnx_model.data_info
-    model, info, _ = load_model(p, device)
-    return model, info
-
-
-# --------------------------------------------------------------------------------------------- tiling
 def gaussian_weight(tile: tuple[int, int], sigma_scale: float = 1 / 8, min_weight: float = MIN_WEIGHT,
                     device: torch.device | str | None = None) -> torch.Tensor:
     """``(h, w)`` blending weights: a Gaussian with sigma ``tile * sigma_scale`` per axis, peak 1.
@@ -258,74 +238,3 @@ def _predict_scores(model: Model, batch: torch.Tensor, tile_size: tuple[int, int
             acc[i, :, y:y + th, x:x + tw] += p[j]
     assert acc is not None
     return acc / norm
-
-
-# --------------------------------------------------------------------------------------------- files
-def image_to_tensor(image: np.ndarray, info: DataInfo) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(normalised (C, H, W), [0, 1] (C, H, W))`` from a :func:`~unetkit.data.read_image` array ``(H, W, C)``.
-
-    The datasets' own path (:func:`unetkit.data.preprocess.prepare_image`): channels matched only where
-    meaningful (RGB -> grey luma, grey -> RGB replicated; anything else raises ``ValueError``), pixels scaled
-    to [0, 1] by bit depth, then the model's normalisation (clip, mean, std).
-    """
-    return prepare_image(image, info.normalization)
-
-
-def palette(info: DataInfo) -> list[tuple[int, int, int]]:
-    """One RGB colour per label value: the class colours (a one-channel model's labels 0/1 get two)."""
-    from .data.classes import default_colors
-
-    n = max(info.num_classes, 2)
-    colors = [tuple(int(v) for v in c) for c in info.class_colors[:n]]
-    if len(colors) < n:
-        colors = ([(0, 0, 0)] + colors)[:n] if info.num_classes == 1 else colors + default_colors(n)[len(colors):]
-    return colors  # type: ignore[return-value]
-
-
-# -------------------------------------------------------------------------------------------- policy
-#: Whether channels_last pays off, per device type and phase, from the measurements in docs/performance.md.
-CHANNELS_LAST = {("cpu", "train"): True, ("cpu", "infer"): True, ("cuda", "train"): True,
-                 ("cuda", "infer"): True}
-
-
-def preferred_channels_last(device: str | torch.device, phase: str = "train") -> bool:
-    """Whether to run in channels_last on ``device`` for ``phase`` (``"train"`` or ``"infer"``).
-
-    Both are measured (docs/performance.md): channels_last is faster for training and inference on the
-    CPU, and on an NVIDIA H200 1.5-1.8x faster for training and 1.15-1.4x for inference.
-    ``unetkit bench --channels-last both`` re-measures it on your machine.
-    """
-    return CHANNELS_LAST.get((torch.device(device).type, phase), False)
-
-
-def compile_for_inference(model: torch.nn.Module) -> torch.nn.Module:
-    """``torch.compile`` asking inductor for ``freezing`` (weights as constants: conv+BN folding, conv+ReLU
-    fusion, oneDNN weight prepacking on CPU). Only for models that no longer train.
-
-    Known limit: Dynamo reads ``torch._inductor.config.freezing`` when it traces, before this per-call
-    option applies, so with torch 2.14 the graph is not frozen (BN stays unfolded unless fused first).
-    """
-    return torch.compile(model, options={"freezing": True})  # type: ignore[return-value]
-
-
-def prepare_inference(model: torch.nn.Module, example: torch.Tensor, fuse: bool = True,
-                      channels_last: bool | None = None,
-                      compile: bool = False) -> tuple[torch.nn.Module, torch.Tensor]:
-    """Return ``(model, example)`` set up for fast inference: eval, conv+BN folded, layout, compiled.
-
-    ``channels_last=None`` uses :func:`preferred_channels_last` for the example's device. Call the result
-    under ``torch.inference_mode()``; feed it inputs in the returned example's memory format. The model is
-    changed in place (fusing is irreversible), so pass a copy to keep a trainable one.
-    """
-    from .models.fuse import fuse_conv_bn
-
-    model.eval()
-    if fuse:
-        fuse_conv_bn(model, example)
-    cl = preferred_channels_last(example.device, "infer") if channels_last is None else channels_last
-    if cl:
-        model = model.to(memory_format=torch.channels_last)
-        example = example.contiguous(memory_format=torch.channels_last)
-    else:
-        example = example.contiguous()
-    return (compile_for_inference(model) if compile else model), example

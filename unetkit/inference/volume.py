@@ -17,13 +17,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import DataInfo
-from .data.volumes import VolumeSettings, stack_context, volume_slices
-from .infer import Model, predict
-from .models.outputs import probs_to_labels
+from ..checkpoint import DataInfo
+from ..data.volumes import VolumeSettings, stack_context, volume_slices
+from ..models.outputs import probs_to_labels
+from .sliding import Model, predict
 
 if TYPE_CHECKING:
-    from .data.volume_io import Volume
+    from ..data.volume_io import Volume
 
 
 def check_volume_model(info: DataInfo, where: str = "model") -> VolumeSettings:
@@ -66,7 +66,7 @@ def predict_volume(model: Model, volume: Volume, info: DataInfo, *, tile_size: t
 
 def num_slices(volume: Volume, info: DataInfo) -> int:
     """How many slices :func:`predict_volume` cuts ``volume`` into (for a progress bar)."""
-    from .data.volumes import slice_axis_for
+    from ..data.volumes import slice_axis_for
 
     settings = info.volume or VolumeSettings()
     return int(volume.array.shape[slice_axis_for(volume.spacing, settings.slice_axis)])
