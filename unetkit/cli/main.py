@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit code (0 ok, 1 failed run, 2 bad input, 130 interrupted)."""
+    """Run the command line; return the exit code (0 ok, 1 failed run, 2 bad input, 130 interrupted,
+    143 terminated by SIGTERM)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv  # accepted anywhere, also after the subcommand
     argv = [a for a in argv if a != "--debug"]
@@ -68,7 +69,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         check_encoder(args)
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        from ..signals import EXIT_TERMINATED, Terminated
+
+        if isinstance(e, Terminated):
+            print("unetkit: terminated (SIGTERM)", file=sys.stderr)
+            return EXIT_TERMINATED
         print("unetkit: interrupted", file=sys.stderr)
         return 130
     except (CLIError, ValueError, OSError, ImportError) as e:  # bad input: the user can fix it

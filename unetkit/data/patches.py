@@ -34,18 +34,19 @@ class PatchDataset(Dataset):
     ``min_length``: an epoch has at least this many patches (the images are cycled), e.g. one batch.
     """
 
-    def __init__(self, dataset: SegmentationDataset, patch_size: tuple[int, int], foreground_fraction: float = 1 / 3,
+    def __init__(self, dataset: SegmentationDataset, patch_size: tuple[int, ...], foreground_fraction: float = 1 / 3,
                  seed: int = 0, min_length: int = 0) -> None:
         self.dataset = dataset
-        self.patch_size = (int(patch_size[0]), int(patch_size[1]))
-        if min(self.patch_size) < 1:
-            raise ValueError(f"patch_size must be positive, got {patch_size}")
+        self.patch_size = tuple(int(v) for v in patch_size)
+        if len(self.patch_size) not in (2, 3) or min(self.patch_size) < 1:
+            raise ValueError(f"patch_size must be two or three positive sizes, got {patch_size}")
         if not 0.0 <= foreground_fraction <= 1.0:
             raise ValueError(f"foreground_fraction must be in [0, 1], got {foreground_fraction}")
         self.foreground_fraction = float(foreground_fraction)
         self.seed = seed
-        area = self.patch_size[0] * self.patch_size[1]
-        visits = [max(1, math.ceil(h * w / area)) for h, w in (dataset.image_size(i) for i in range(len(dataset)))]
+        area = math.prod(self.patch_size)
+        visits = [max(1, math.ceil(math.prod(size) / area))
+                  for size in (dataset.image_size(i) for i in range(len(dataset)))]
         image_of = np.repeat(np.arange(len(dataset)), visits)
         if len(image_of) < min_length:  # e.g. a batch larger than the data's patches: cycle through them
             image_of = np.resize(image_of, min_length)
@@ -79,9 +80,8 @@ class PatchDataset(Dataset):
             self._locations[index] = found
         return self._locations[index]
 
-    def _corner(self, index: int, mask: np.ndarray) -> tuple[int, int]:
-        """Top-left corner of the patch in image coordinates (negative or past the edge where padded)."""
-        (h, w), (ph, pw) = mask.shape, self.patch_size
+    def _corner(self, index: int, mask: np.ndarray) -> tuple[int, ...]:
+        """First corner of the patch in image (volume) coordinates (negative or past the edge where padded)."""
         centre = None
         if self.foreground_fraction > 0 and torch.rand(()).item() < self.foreground_fraction:
             locations = self.class_locations(index, mask)
@@ -89,28 +89,28 @@ class PatchDataset(Dataset):
                 classes = sorted(locations)
                 pick = locations[classes[int(torch.randint(len(classes), ()).item())]]
                 flat = int(pick[int(torch.randint(len(pick), ()).item())])
-                centre = divmod(flat, w)
+                centre = np.unravel_index(flat, mask.shape)
         corner = []
-        for axis, (size, p) in enumerate(((h, ph), (w, pw))):
+        for axis, (size, p) in enumerate(zip(mask.shape, self.patch_size)):
             if size >= p:  # the patch lies inside the image on this axis
                 if centre is None:
                     start = int(torch.randint(size - p + 1, ()).item())
                 else:
-                    start = min(max(centre[axis] - p // 2, 0), size - p)
+                    start = min(max(int(centre[axis]) - p // 2, 0), size - p)
             else:  # the image lies inside the patch at a random offset
                 start = -int(torch.randint(p - size + 1, ()).item())
             corner.append(start)
-        return corner[0], corner[1]
+        return tuple(corner)
 
-    def crop(self, image: np.ndarray, mask: np.ndarray, corner: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """The ``patch_size`` window at ``corner`` of a stored ``(C, H, W)`` image and ``(H, W)`` mask, padded."""
-        (ph, pw), (h, w) = self.patch_size, mask.shape
-        y, x = corner
-        out_img = np.zeros((image.shape[0], ph, pw), dtype=image.dtype)
-        out_mask = np.full((ph, pw), self.dataset.ignore_index, dtype=np.int64)
-        y0, x0, y1, x1 = max(y, 0), max(x, 0), min(y + ph, h), min(x + pw, w)
-        out_img[:, y0 - y:y1 - y, x0 - x:x1 - x] = image[:, y0:y1, x0:x1]
-        out_mask[y0 - y:y1 - y, x0 - x:x1 - x] = mask[y0:y1, x0:x1]
+    def crop(self, image: np.ndarray, mask: np.ndarray, corner: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """The ``patch_size`` window at ``corner`` of a stored ``(C, H, W)`` image and ``(H, W)`` mask (or
+        ``(C, D, H, W)`` and ``(D, H, W)``), padded."""
+        out_img = np.zeros((image.shape[0], *self.patch_size), dtype=image.dtype)
+        out_mask = np.full(self.patch_size, self.dataset.ignore_index, dtype=np.int64)
+        src = tuple(slice(max(c, 0), min(c + p, n)) for c, p, n in zip(corner, self.patch_size, mask.shape))
+        dst = tuple(slice(s.start - c, s.stop - c) for s, c in zip(src, corner))
+        out_img[(slice(None), *dst)] = image[(slice(None), *src)]
+        out_mask[dst] = mask[src]
         return out_img, out_mask
 
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:

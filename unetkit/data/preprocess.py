@@ -64,11 +64,13 @@ class Normalization:
         return Normalization(self.mean * channels, self.std * channels, clip)
 
     def _view(self, values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
-        shape = (-1, 1, 1) if like.ndim == 3 else (1, -1, 1, 1)
+        # (C, H, W); a batch (N, C, H, W); a batch of volumes (N, C, D, H, W)
+        shape = (-1, 1, 1) if like.ndim == 3 else (1, -1, *(1,) * (like.ndim - 2))
         return torch.tensor(values, dtype=torch.float32, device=like.device).view(shape)
 
     def apply(self, image01: torch.Tensor) -> torch.Tensor:
-        """Normalise a [0, 1] image ``(C, H, W)`` or batch ``(N, C, H, W)`` (returns a new tensor)."""
+        """Normalise a [0, 1] image ``(C, H, W)`` or batch ``(N, C, H, W)`` or ``(N, C, D, H, W)`` (returns a new
+        tensor)."""
         x = image01
         if self.clip is not None:
             lo = self._view([c[0] for c in self.clip], x)

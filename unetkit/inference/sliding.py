@@ -11,6 +11,7 @@ trained model's tile, padding and precision.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any, Protocol
 
@@ -32,9 +33,10 @@ class Model(Protocol):
     def eval(self) -> Any: ...
 
 
-def gaussian_weight(tile: tuple[int, int], sigma_scale: float = 1 / 8, min_weight: float = MIN_WEIGHT,
+def gaussian_weight(tile: tuple[int, ...], sigma_scale: float = 1 / 8, min_weight: float = MIN_WEIGHT,
                     device: torch.device | str | None = None) -> torch.Tensor:
-    """``(h, w)`` blending weights: a Gaussian with sigma ``tile * sigma_scale`` per axis, peak 1.
+    """Blending weights of a ``tile`` (``(h, w)`` or ``(d, h, w)``): a Gaussian with sigma ``tile * sigma_scale``
+    per axis, peak 1.
 
     Clamped below at ``min_weight`` so border pixels covered by a single tile keep a finite weight.
     """
@@ -43,7 +45,9 @@ def gaussian_weight(tile: tuple[int, int], sigma_scale: float = 1 / 8, min_weigh
         pos = torch.arange(n, dtype=torch.float64) - (n - 1) / 2
         sigma = max(n * sigma_scale, 1e-6)
         axes.append(torch.exp(-0.5 * (pos / sigma) ** 2))
-    w = axes[0][:, None] * axes[1][None, :]
+    w = axes[0]
+    for k, axis in enumerate(axes[1:], start=1):  # the outer product, axis by axis
+        w = w[..., None] * axis.view((1,) * k + (-1,))
     w = (w / w.max()).clamp_min(min_weight)
     return w.to(device=device, dtype=torch.float32)
 
@@ -70,13 +74,33 @@ def tile_starts(size: int, tile: int, overlap: float, align: int = 1) -> list[in
         n += 1
 
 
-def model_stride(model: Any) -> int:
-    """The model's total downsampling factor (the encoder's deepest reduction), 1 when unknown."""
+def model_stride(model: Any) -> int | tuple[int, ...]:
+    """The model's total downsampling factor (the encoder's deepest reduction; per axis for an anisotropic 3D
+    network), 1 when unknown."""
     stride = getattr(model, "stride", None)
-    if isinstance(stride, int):
+    if isinstance(stride, (int, tuple)):
         return stride
     reductions = getattr(getattr(model, "encoder", None), "reductions", None)
-    return int(reductions[-1]) if reductions else 1
+    if not reductions:
+        return 1
+    last = reductions[-1]
+    return tuple(int(v) for v in last) if isinstance(last, (tuple, list)) else int(last)
+
+
+def model_spatial_dims(model: Any) -> int:
+    """2 for an image model, 3 for a volume (3D) model (its config's ``spatial_dims``; 2 when unknown)."""
+    config = getattr(model, "config", None)
+    dims = config.get("spatial_dims") if isinstance(config, dict) else getattr(config, "spatial_dims", None)
+    return int(dims or 2)
+
+
+def tta_flips(spatial_dims: int) -> list[tuple[int, ...]]:
+    """The flips ``tta=True`` averages: every combination of the spatial axes (a group, so TTA is
+    flip-equivariant); for 2D :data:`TTA_FLIPS`."""
+    if spatial_dims == 2:
+        return list(TTA_FLIPS)
+    axes = [-(k + 1) for k in range(spatial_dims)]
+    return [tuple(sorted((a for i, a in enumerate(axes) if m >> i & 1))) for m in range(2 ** spatial_dims)]
 
 
 def _device_of(model: Any) -> torch.device:
@@ -97,46 +121,51 @@ def _forward_scores(model: Model, x: torch.Tensor, tta: bool, probs: bool) -> to
     if not tta:
         return score(_run(model, x))
     acc = None
-    for dims in TTA_FLIPS:
+    flips = tta_flips(x.ndim - 2)
+    for dims in flips:
         xi = x.flip(dims) if dims else x
         p = score(_run(model, xi))
         p = p.flip(dims) if dims else p
         acc = p if acc is None else acc + p
     assert acc is not None
-    return acc / len(TTA_FLIPS)
+    return acc / len(flips)
 
 
 def _run(model: Model, x: torch.Tensor) -> torch.Tensor:
     out = model(x)
     if isinstance(out, (list, tuple)):  # deep supervision in training mode: the main output comes first
         out = out[0]
-    if out.shape[-2:] != x.shape[-2:]:
-        raise ValueError(f"the model maps a {tuple(x.shape[-2:])} input to a {tuple(out.shape[-2:])} output; "
+    if out.shape[2:] != x.shape[2:]:
+        raise ValueError(f"the model maps a {tuple(x.shape[2:])} input to a {tuple(out.shape[2:])} output; "
                          "predict needs outputs at the input size (padding='same' models)")
     return out
 
 
-def predict(model: Model, image: torch.Tensor, tile_size: int | tuple[int, int] | None = None,
+def predict(model: Model, image: torch.Tensor, tile_size: int | tuple[int, ...] | None = None,
             overlap: float = 0.5, tta: bool = False, output: str = "labels", batch_size: int = 4,
-            align: int | None = None, pad_value: float | torch.Tensor | None = None,
-            autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Segment a normalised image ``(C, H, W)`` or batch ``(N, C, H, W)`` at its full size.
+            align: int | tuple[int, ...] | None = None, pad_value: float | torch.Tensor | None = None,
+            autocast_dtype: torch.dtype | None = None, spatial_dims: int | None = None) -> torch.Tensor:
+    """Segment a normalised image ``(C, H, W)`` or batch ``(N, C, H, W)`` at its full size; for a 3D model a
+    volume ``(C, D, H, W)`` or batch ``(N, C, D, H, W)``.
 
     * ``tile_size=None`` or an image no larger than the tile: one forward pass on the whole image.
-      Otherwise sliding windows of ``tile_size`` (an int or ``(h, w)``) overlapping by at least ``overlap``
-      (0 <= overlap < 1), run ``batch_size`` at a time and blended with :func:`gaussian_weight`. Tile starts
-      are multiples of ``align`` (default: :func:`model_stride`) except the last, which ends at the border.
+      Otherwise sliding windows of ``tile_size`` (an int or one size per axis) overlapping by at least
+      ``overlap`` (0 <= overlap < 1), run ``batch_size`` at a time and blended with :func:`gaussian_weight`.
+      Tile starts are multiples of ``align`` (default: :func:`model_stride`) except the last, which ends at
+      the border.
     * ``pad_value`` (a number or one value per channel, e.g. ``Normalization.pad_value()``): an image axis
       shorter than the tile is padded to the tile with it, as training pads its patches, and the result
       cropped back. Without it such an axis uses its own length, padded (with 0) only up to the model's
       stride, so even a 1x1 image goes through.
-    * ``tta``: average the probabilities of the image and its horizontal, vertical and double flips.
+    * ``tta``: average the probabilities of the image and its flips along every spatial axis (2D: horizontal,
+      vertical and both; 3D: the 8 combinations, as nnU-Net's mirroring).
     * ``output``: ``"labels"`` (int64 ``(H, W)`` / ``(N, H, W)``: argmax, or ``p > 0.5`` for a one-channel
       model), ``"probs"`` (float32 ``(C, H, W)`` / ``(N, C, H, W)``: softmax, or sigmoid for one channel) or
       ``"logits"`` (float32, blended logits; what the evaluation's loss needs).
     * ``autocast_dtype`` (e.g. ``unetkit.device.resolve_amp("auto", device)``): the model's forward passes
       run under ``torch.autocast`` with it; its outputs are cast to float32 before softmax, blending and
       argmax, so only the network runs in reduced precision. ``None``: fp32. Ignored for an ONNX model.
+    * ``spatial_dims``: 2 or 3 (default: the model's, :func:`model_spatial_dims`).
 
     Runs under ``torch.inference_mode()`` on the model's device (CPU, CUDA, or ONNX Runtime for an
     :class:`OnnxModel`); the result is on ``image``'s device. A module in training mode is switched to
@@ -148,20 +177,21 @@ def predict(model: Model, image: torch.Tensor, tile_size: int | tuple[int, int] 
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if image.ndim not in (3, 4):
-        raise ValueError(f"image must be (C, H, W) or (N, C, H, W), got shape {tuple(image.shape)}")
-    single = image.ndim == 3
+    sd = spatial_dims or model_spatial_dims(model)
+    if image.ndim not in (sd + 1, sd + 2):
+        axes = "H, W" if sd == 2 else "D, H, W"
+        raise ValueError(f"image must be (C, {axes}) or (N, C, {axes}), got shape {tuple(image.shape)}")
+    single = image.ndim == sd + 1
     batch = image[None] if single else image
     device = _device_of(model)
-    stride = model_stride(model)
-    h, w = batch.shape[-2:]
-    tile = None if tile_size is None else ((tile_size, tile_size) if isinstance(tile_size, int) else
-                                          (int(tile_size[0]), int(tile_size[1])))
+    stride = _per_axis(model_stride(model) if align is None else align, sd)
+    size = tuple(batch.shape[2:])
+    tile = None if tile_size is None else _per_axis(tile_size, sd)
     if tile is not None and pad_value is not None:
-        want = (max(h, tile[0]), max(w, tile[1]))
+        want = tuple(max(n, t) for n, t in zip(size, tile))
     else:
-        want = (max(h, stride), max(w, stride))
-    if want != (h, w):
+        want = tuple(max(n, s) for n, s in zip(size, stride))
+    if want != size:
         batch = _pad_to(batch, want, 0.0 if pad_value is None else pad_value)
     was_training = bool(getattr(model, "training", False))
     model.eval()
@@ -170,14 +200,27 @@ def predict(model: Model, image: torch.Tensor, tile_size: int | tuple[int, int] 
         net = _Autocast(model, device.type, autocast_dtype)
     try:
         with torch.inference_mode():
-            scores = _predict_scores(net, batch.float(), tile, overlap, tta, batch_size, device,
-                                     stride if align is None else align, output != "logits")
+            scores = _predict_scores(net, batch.float(), tile, overlap, tta, batch_size, device, stride,
+                                     output != "logits")
     finally:
         if was_training and hasattr(model, "train"):
             model.train(True)
-    scores = scores[..., :h, :w]
+    scores = scores[(..., *(slice(0, n) for n in size))]
     result = probs_to_labels(scores) if output == "labels" else scores
     return result[0] if single else result
+
+
+def _per_axis(value: int | tuple[int, ...] | list[int], dims: int) -> tuple[int, ...]:
+    """``value`` repeated for every spatial axis, or its per-axis values (a 2D size given to a 3D model keeps
+    the in-plane axes and adds the first)."""
+    if isinstance(value, int):
+        return (value,) * dims
+    values = tuple(int(v) for v in value)
+    if len(values) == 1:
+        return values * dims
+    if len(values) != dims:
+        raise ValueError(f"expected {dims} sizes (one per spatial axis), got {list(values)}")
+    return values
 
 
 class _Autocast:
@@ -194,47 +237,54 @@ class _Autocast:
         return out.float()
 
 
-def _pad_to(batch: torch.Tensor, size: tuple[int, int], value: float | torch.Tensor) -> torch.Tensor:
-    """``batch`` padded at the bottom and right to ``size`` with ``value`` (a number or one per channel)."""
-    n, c, h, w = batch.shape
+def _pad_to(batch: torch.Tensor, size: tuple[int, ...], value: float | torch.Tensor) -> torch.Tensor:
+    """``batch`` padded at the end of every spatial axis to ``size`` with ``value`` (a number or one per
+    channel)."""
+    n, c = batch.shape[:2]
     fill = torch.as_tensor(value, dtype=batch.dtype, device=batch.device).reshape(-1)
-    out = fill.view(1, -1, 1, 1).expand(n, c, *size).clone() if fill.numel() > 1 else \
+    out = fill.view(1, -1, *(1,) * len(size)).expand(n, c, *size).clone() if fill.numel() > 1 else \
         torch.full((n, c, *size), float(fill), dtype=batch.dtype, device=batch.device)
-    out[..., :h, :w] = batch
+    out[(..., *(slice(0, k) for k in batch.shape[2:]))] = batch
     return out
 
 
-def _predict_scores(model: Model, batch: torch.Tensor, tile_size: tuple[int, int] | None, overlap: float,
-                    tta: bool, batch_size: int, device: torch.device, align: int, probs: bool) -> torch.Tensor:
-    n, _, h, w = batch.shape
+def _predict_scores(model: Model, batch: torch.Tensor, tile_size: tuple[int, ...] | None, overlap: float,
+                    tta: bool, batch_size: int, device: torch.device, align: tuple[int, ...], probs: bool
+                    ) -> torch.Tensor:
+    n = batch.shape[0]
+    size = tuple(batch.shape[2:])
     out_device = batch.device
     if tile_size is None:
-        th, tw = h, w
+        tile = size
     else:
-        th, tw = tile_size
-        if th < 1 or tw < 1:
+        if min(tile_size) < 1:
             raise ValueError(f"tile_size must be positive, got {tile_size}")
-        th, tw = min(th, h), min(tw, w)
-    if (th, tw) == (h, w):  # whole image: chunk the batch only
+        tile = tuple(min(t, s) for t, s in zip(tile_size, size))
+    if tile == size:  # whole image: chunk the batch only
         parts = [_forward_scores(model, batch[i:i + batch_size].to(device), tta, probs).to(out_device)
                  for i in range(0, n, batch_size)]
         return torch.cat(parts)
 
-    weight = gaussian_weight((th, tw), device=device)
-    starts = [(y, x) for y in tile_starts(h, th, overlap, align) for x in tile_starts(w, tw, overlap, align)]
-    windows = [(i, y, x) for i in range(n) for y, x in starts]
-    norm = torch.zeros(h, w, device=out_device)
+    weight = gaussian_weight(tile, device=device)
+    per_axis = [tile_starts(s, t, overlap, a) for s, t, a in zip(size, tile, align)]
+    starts = list(itertools.product(*per_axis))
+    windows = [(i, start) for i in range(n) for start in starts]
+
+    def region(start: tuple[int, ...]) -> tuple[slice, ...]:
+        return tuple(slice(s, s + t) for s, t in zip(start, tile))
+
+    norm = torch.zeros(size, device=out_device)
     w_out = weight.to(out_device)
-    for y, x in starts:
-        norm[y:y + th, x:x + tw] += w_out
+    for start in starts:
+        norm[region(start)] += w_out
     acc: torch.Tensor | None = None
     for k in range(0, len(windows), batch_size):
         chunk = windows[k:k + batch_size]
-        tiles = torch.stack([batch[i, :, y:y + th, x:x + tw] for i, y, x in chunk]).to(device)
+        tiles = torch.stack([batch[(i, slice(None), *region(start))] for i, start in chunk]).to(device)
         p = (_forward_scores(model, tiles, tta, probs) * weight).to(out_device)
         if acc is None:
-            acc = torch.zeros(n, p.shape[1], h, w, device=out_device)
-        for j, (i, y, x) in enumerate(chunk):
-            acc[i, :, y:y + th, x:x + tw] += p[j]
+            acc = torch.zeros(n, p.shape[1], *size, device=out_device)
+        for j, (i, start) in enumerate(chunk):
+            acc[(i, slice(None), *region(start))] += p[j]
     assert acc is not None
-    return acc / norm
+    return acc.div_(norm)

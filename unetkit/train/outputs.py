@@ -113,23 +113,24 @@ class RunOutputs:
         after ``epoch`` completed epochs.
 
         Called when a run finishes or stops early, and otherwise at most every ``CHECKPOINT_EVERY_S``: a killed
-        run loses at most that much, ``best.pt`` and ``last.pt`` always agree on the best score (so a resumed
-        run cannot overwrite a better ``best.pt``), and a run that improves at most validations does not
+        run loses at most that much, ``best.pt`` and ``last.pt`` agree on the best score (a run killed between
+        the two writes is resumed with ``best.pt``'s score, so it cannot overwrite a better ``best.pt``), and a run that improves at most validations does not
         serialise two checkpoints and draw a picture each time (on a GPU that was a fifth of the demo).
         ``epoch=None`` (an interrupted epoch, whose weights are mid-epoch): ``last.pt`` becomes the kept best
         state itself, if there is one, else stays as it is.
         """
         pending, self._pending_best = self._pending_best, None
         if pending is not None:
-            best_epoch, state, kept = pending
-            save_checkpoint(model_state(state), self.run_dir / "best.pt")
-            panel = self.sample_png(kept, f"epoch {best_epoch}")
-            if panel is not None:
-                save_png(panel, self.run_dir / "samples" / f"epoch_{best_epoch:03d}.png")
-        if epoch is not None or pending is not None:
+            save_checkpoint(model_state(pending[1]), self.run_dir / "best.pt")
+        if epoch is not None or pending is not None:  # right after best.pt: the two disagree only briefly
             save_checkpoint(self.checkpoint_state(epoch) if epoch is not None else pending[1],
                             self.run_dir / "last.pt")
             self._saved = time.monotonic()
+        if pending is not None:
+            best_epoch, _, kept = pending
+            panel = self.sample_png(kept, f"epoch {best_epoch}")
+            if panel is not None:
+                save_png(panel, self.run_dir / "samples" / f"epoch_{best_epoch:03d}.png")
 
     def write_curves(self) -> None:
         """Redraw ``curves.png``; :meth:`run` does it at most every ``CURVES_EVERY_S`` (or 50 drawing times)."""

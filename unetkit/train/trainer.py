@@ -22,12 +22,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_write, claim_run_folder
-from ..checkpoint import DataInfo
+from ..checkpoint import CheckpointError, DataInfo, read_checkpoint
 from ..data.base import describe_split
 from ..device import describe_amp
 from ..evaluate import EvalResult, evaluate
 from ..inference import Predictor
 from ..losses import DeepSupervisionLoss, build_loss
+from ..signals import Terminated, sigterm_as_interrupt
 from ..timing import synchronize
 from .budget import Budget, forward_seconds
 from .config import TrainConfig
@@ -156,6 +157,19 @@ class Trainer(RunOutputs):
         self.budget.before = float(saved_time.get("elapsed", 0.0))
         if self.dist.is_main:
             set_rng_state(ckpt["rng"])
+        self._keep_better_best(Path(ckpt["path"]).parent / "best.pt")
+
+    def _keep_better_best(self, best: Path) -> None:
+        """A run killed after writing ``best.pt`` but before ``last.pt`` resumes with a ``last.pt`` that does not
+        know the better score: adopt ``best.pt``'s, so only a better model replaces it."""
+        try:
+            on_disk = read_checkpoint(best) if best.is_file() else None
+        except CheckpointError:
+            return
+        if on_disk is not None and float(on_disk.get("best_miou", -1.0)) > self.best_miou:
+            self.best_miou, self.best_epoch = float(on_disk["best_miou"]), int(on_disk["best_epoch"])
+            self.log(f"{best} (epoch {self.best_epoch}, val mIoU {self.best_miou:.4f}) is newer than last.pt: it is "
+                     "kept unless the resumed run does better")
 
     # ----------------------------------------------------------------- helpers
     def log(self, msg: str) -> None:
@@ -320,12 +334,14 @@ class Trainer(RunOutputs):
 
     # ----------------------------------------------------------------- the run
     def run(self) -> RunResult:
-        """Train, evaluate the best checkpoint, write the report; the run folder is locked meanwhile."""
+        """Train, evaluate the best checkpoint, write the report; the run folder is locked meanwhile, and
+        SIGTERM is handled as Ctrl-C is (checkpoint written, resume line printed)."""
         lock = None
         if self.dist.is_main:
             lock = claim_run_folder(self.run_dir, resume=self.start_epoch > 0, overwrite=self.overwrite)
         try:
-            return self._run()
+            with sigterm_as_interrupt():
+                return self._run()
         finally:
             if lock is not None:
                 lock.release()
@@ -347,10 +363,11 @@ class Trainer(RunOutputs):
                      f"{self.best_miou:.4f})")
         try:
             stopped_early = self._epochs(self.start_epoch)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             if self.dist.is_main:
                 self.write_checkpoints(None)  # a better state not yet on disk, with last.pt rolled back to it
-            self.log(f"interrupted in epoch {len(self.history) + 1}; continue with: unetkit train --resume "
+            how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+            self.log(f"{how} in epoch {len(self.history) + 1}; continue with: unetkit train --resume "
                      f"{self.run_dir}")
             raise
         final = self.finish()
