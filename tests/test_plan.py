@@ -296,3 +296,53 @@ def test_one_preprocessing_for_validation_checkpoint_and_onnx(mixed_run, tmp_pat
     name = f"{val.names[0]}_mask.png"
     a, b = np.array(Image.open(pred_ckpt / name)), np.array(Image.open(pred_onnx / name))
     assert a.shape == b.shape and (a == b).mean() > 0.999
+
+
+def test_the_budget_holds_when_the_machine_slows_down_mid_run(tmp_path, monkeypatch):
+    """Steps take 0.25 s until step 40, then 2 s (another job took the CPU): the run still ends within its
+    60 s budget, the final evaluation included, and the progress bar's total follows the planned steps."""
+    from unetkit.models import UNet
+    from unetkit.train import Trainer
+
+    class Clock:
+        t = 0.0
+
+        def __call__(self) -> float:
+            self.t += 0.001
+            return self.t
+
+    clock = Clock()
+    forward = UNet.forward
+    calls = {"n": 0}
+
+    def slowing_forward(self, x):
+        calls["n"] += 1
+        clock.t += 0.25 if calls["n"] < 40 else 2.0
+        return forward(self, x)
+
+    monkeypatch.setattr(UNet, "forward", slowing_forward)
+    cfg = TrainConfig.from_dict({"data": {"source": "shapes", "options": {"size": 32, "num_samples": 16,
+                                                                          "val_samples": 4}},
+                                 "base_channels": 4, "depth": 3, "samples": 0, "boundary_f1": False,
+                                 "time": "60s", "out": str(tmp_path / "run")})
+    trainer = Trainer(cfg, progress=False, log=lambda s: None, clock=clock)
+    result = trainer.run()
+    assert clock.t <= 60 * 1.05  # not the old overrun of a whole epoch under load
+    assert result.time["limit"] == 60 and trainer.bar.total == trainer.total_steps
+    assert trainer.budget.time_left(result.steps, trainer.total_steps) == pytest.approx(max(0.0, 60 - clock.t), abs=0.1)
+
+
+def test_augmentation_is_a_planned_choice_with_its_reason():
+    train, _ = get_datasets("shapes", num_samples=4, size=32)
+    fp = fingerprint(train)
+    plan = make_plan(fp, TrainConfig(data="shapes"))
+    assert plan.augment == "brightness/contrast 0.1"
+    assert plan.reasons["augment"].startswith("no flips or rotations: rotation and zoom")
+    assert "augmentation        brightness/contrast 0.1" in plan.table()
+    ct, _ = get_datasets("ct-chest")
+    sided = make_plan(fingerprint(ct), TrainConfig())
+    assert "classes with a side (right lung, left lung) would swap" in sided.reasons["augment"]
+    given = make_plan(fp, TrainConfig(data="shapes", hflip=0.5, rotate=15, scale=(0.9, 1.1)))
+    assert (given.augment, given.reasons["augment"]) == ("hflip 0.5, rotate 15, zoom 0.9-1.1, brightness/contrast 0.1",
+                                                         "given")
+    assert Plan.from_dict(given.to_dict()).augment == given.augment

@@ -26,7 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="train into a run folder that holds an earlier run, replacing its files")
     p.add_argument("--devices", type=int, metavar="N",
                    help="launch N local processes with torchrun (DDP); or start under torchrun yourself")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", dest="no_progress", action="store_true", help=argparse.SUPPRESS)  # earlier name
+    p.add_argument("--verbose", action="store_true", help="a line for every epoch, not only those that validate")
     add_train_options(p)
     p.set_defaults(func=run)
 
@@ -86,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
                              "change them (only --epochs and --time extend a run): drop it, or start a new run")
     try:
         result = fit(cfg if (args.resume is None or longer) else None, resume=args.resume,
-                     progress=not args.quiet, overwrite=args.overwrite)
+                     progress=not args.no_progress, overwrite=args.overwrite, verbose=args.verbose)
     finally:  # leave the process group before exit: gloo's threads abort the process if torn down live
         cleanup_distributed()
     if int(os.environ.get("RANK", "0")) == 0:

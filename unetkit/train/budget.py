@@ -47,6 +47,15 @@ class Budget:
         head = f"time {total:.1f}s" + (f" of a {format_duration(self.limit)} budget" if self.limit else "")
         return f"{head}: " + ", ".join(parts)
 
+    def time_left(self, step: int, total: int, steps_before: int = 0) -> float:
+        """Seconds until the run ends: what is left of the budget (the end's reserve included), else the
+        remaining steps at the pace of this session's ``step - steps_before`` steps so far."""
+        if self.limit is not None:
+            return max(0.0, self.limit - self.elapsed())
+        done = step - steps_before
+        pace = (self.clock() - self.start - self.setup) / done if done > 0 else 0.0
+        return max(0.0, (total - step) * pace)
+
     # ----------------------------------------------------------------- sizing a run to the budget
     def reserve(self) -> float:
         """Seconds kept for the end: the last validation (with Boundary F1) and, when that was not the best

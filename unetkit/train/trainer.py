@@ -35,7 +35,7 @@ from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum, init_distributed
 from .optim import build_optimizer, build_scheduler, resolve_amp, seed_everything, set_rng_state
 from .outputs import CHECKPOINT_EVERY_S, CURVES_COST_FACTOR, CURVES_EVERY_S, RunOutputs, _host_copy, _unwrap
-from .plan import validation_windows
+from .plan import format_duration, validation_windows
 from .report import (
     TensorBoardLog,
     write_metrics_csv,
@@ -88,8 +88,9 @@ class Trainer(RunOutputs):
 
     def __init__(self, cfg: TrainConfig | None = None, *, resume: str | Path | None = None,
                  progress: bool = True, log: Callable[[str], None] = print,
-                 clock: Callable[[], float] = time.monotonic, overwrite: bool = False) -> None:
+                 clock: Callable[[], float] = time.monotonic, overwrite: bool = False, verbose: bool = False) -> None:
         self.clock = clock
+        self.verbose = verbose
         self.overwrite = overwrite
         t_setup = clock()
         cfg, ckpt = resolve_options(cfg, resume, log)
@@ -174,7 +175,8 @@ class Trainer(RunOutputs):
     # ----------------------------------------------------------------- helpers
     def log(self, msg: str) -> None:
         if self.dist.is_main:
-            self._log(msg)
+            with tqdm.external_write_mode():  # above the progress bar, not through it
+                self._log(msg)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         dev = self.dist.device.type
@@ -255,8 +257,7 @@ class Trainer(RunOutputs):
         total = torch.zeros(2, dtype=torch.float64, device=dev)  # loss sum, batches
         n = len(self.loader)
         stop_after = min(n, (self.total_steps - self.step) * cfg.grad_accum)
-        bar = tqdm(total=stop_after, desc=f"epoch {epoch + 1}", leave=False, dynamic_ncols=True,
-                   disable=not (self.progress and self.dist.is_main))
+        bar = self.bar
         out_of_time = False
         t0 = self.clock()
         probe_t0 = None
@@ -274,9 +275,9 @@ class Trainer(RunOutputs):
                 self.scaler.scale(loss / cfg.grad_accum).backward()
             if boundary:
                 self.optimizer_step()
+                bar.update(1)
             total[0] += loss.detach().double()
             total[1] += 1
-            bar.update(1)
             if not self.sized and boundary:  # time the first steps, then fix the run's length
                 if probe_t0 is None:
                     synchronize(dev)
@@ -285,20 +286,27 @@ class Trainer(RunOutputs):
                     synchronize(dev)
                     self._size_the_run((self.clock() - probe_t0) / (self.step - probe_step))
             last = i + 1 >= stop_after or self.step >= self.total_steps
-            if i % 10 == 0 or last or i + 1 == n:  # the only host syncs: every 10 steps
+            check = i % 10 == 0 or last or i + 1 == n
+            if check:  # the only host syncs: every 10 steps
                 mean = float(total[0] / total[1])
                 if not math.isfinite(mean):
                     raise TrainingError(
                         f"the training loss became {mean} at epoch {epoch + 1}, step {self.step}; the last good "
                         f"checkpoint is {self.run_dir / 'last.pt'}; lower --lr (now {cfg.lr:g}) or set "
                         f"--grad-clip, then resume with --resume {self.run_dir}")
-                bar.set_postfix(loss=f"{mean:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
-                if not last and self._out_of_time():
-                    out_of_time = True
-                    break
+                left = self.budget.time_left(self.step, self.total_steps, self._first_step)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{mean:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
+                                left=format_duration(left), refresh=False)
+                if bar.total != self.total_steps and self.total_steps < UNBOUNDED_STEPS:
+                    bar.total = self.total_steps
+                    bar.refresh()
+            # The clock is read after every step (a slowed-down machine cannot overrun the budget by an epoch);
+            # under DDP the ranks agree every 10 steps, which costs a collective.
+            if not last and (check or not self.dist.enabled) and self._out_of_time():
+                out_of_time = True
+                break
             if last:
                 break
-        bar.close()
         self.budget.train += self.clock() - t0
         all_reduce_sum(total)
         return float(total[0] / max(total[1], 1)), out_of_time
@@ -361,15 +369,21 @@ class Trainer(RunOutputs):
         if self.start_epoch:
             self.log(f"resuming after epoch {self.start_epoch}, step {self.step} (best val mIoU "
                      f"{self.best_miou:.4f})")
+        self._first_step = self.step
+        self.bar = tqdm(total=self.total_steps if self.total_steps < UNBOUNDED_STEPS else None, initial=self.step,
+                        desc="train", unit="step", dynamic_ncols=True, leave=False,
+                        disable=not (self.progress and self.dist.is_main))
         try:
             stopped_early = self._epochs(self.start_epoch)
         except KeyboardInterrupt as e:
+            self.bar.close()
             if self.dist.is_main:
                 self.write_checkpoints(None)  # a better state not yet on disk, with last.pt rolled back to it
             how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
             self.log(f"{how} in epoch {len(self.history) + 1}; continue with: unetkit train --resume "
                      f"{self.run_dir}")
             raise
+        self.bar.close()
         final = self.finish()
         if self.tensorboard is not None:
             self.tensorboard.close()
@@ -391,7 +405,10 @@ class Trainer(RunOutputs):
             if finished or (epoch + 1) % self.val_every == 0:
                 t_val = self.clock()
                 val = self.validate(boundary=finished and cfg.boundary_f1)  # the last one may be the report's
-                self.budget.validation += self.clock() - t_val
+                took = self.clock() - t_val
+                self.budget.validation += took
+                if self.budget.val_s is not None:  # a machine that slowed down keeps a larger reserve for the end
+                    self.budget.val_s = max(self.budget.val_s, took)
                 self._last_validation = (epoch + 1, val)
                 if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                     self.scheduler.step(val.miou)
@@ -418,13 +435,16 @@ class Trainer(RunOutputs):
                     self.log(f"epoch {epoch:3d}  step {self.step}/{self.total_steps}  train loss {train_loss:.4f}"
                              f"  val loss {row['val_loss']:.4f}  val mIoU {row['val_miou']:.4f}  Dice "
                              f"{row['val_dice']:.4f}  ({row['seconds']:.1f}s){'  *best' if improved else ''}")
-                else:
+                elif self.verbose:
                     self.log(f"epoch {epoch:3d}  step {self.step}/{self.total_steps}  train loss {train_loss:.4f}"
                              f"  ({row['seconds']:.1f}s)")
             if out_of_time:
                 self.log(f"time budget reached after {self.step} steps")
                 break
             self._resize()
+            if self.total_steps < UNBOUNDED_STEPS and self.bar.total != self.total_steps:
+                self.bar.total = self.total_steps
+                self.bar.refresh()
             if cfg.early_stopping and "val_miou" in row:
                 since = [r for r in self.history if r["epoch"] > self.best_epoch and "val_miou" in r]
                 if len(since) >= cfg.early_stopping:
@@ -437,11 +457,14 @@ class Trainer(RunOutputs):
 
 def fit(cfg: TrainConfig | None = None, *, resume: str | Path | None = None, progress: bool = True,
         log: Callable[[str], None] = print, clock: Callable[[], float] = time.monotonic,
-        overwrite: bool = False) -> RunResult:
+        overwrite: bool = False, verbose: bool = False) -> RunResult:
     """Train a UNet as ``cfg`` says (default: the ``ct-chest`` demo) and return the run's outcome.
 
     ``resume``: a run directory (or its ``last.pt``) to continue; its saved config and plan are used, except
     that ``cfg.epochs`` / ``cfg.time`` (when ``cfg`` is given) may extend the run. A run folder holding an
-    earlier run is refused unless ``resume`` or ``overwrite`` (its run files are deleted first).
+    earlier run is refused unless ``resume`` or ``overwrite`` (its run files are deleted first). ``progress``:
+    one progress bar for the whole run (steps done of planned, elapsed, time left); ``verbose``: a line for
+    every epoch, not only for those that validate.
     """
-    return Trainer(cfg, resume=resume, progress=progress, log=log, clock=clock, overwrite=overwrite).run()
+    return Trainer(cfg, resume=resume, progress=progress, log=log, clock=clock, overwrite=overwrite,
+                   verbose=verbose).run()
