@@ -64,7 +64,7 @@ def add_field(group: argparse._ActionsContainer, f: dataclasses.Field, hint: Any
     kind = base if base in (int, float) else (none_or_str if optional else str)
     if choices:
         shown = [c for c in choices if c is not None]
-        kw["metavar"] = "{" + ",".join(shown) + "}"
+        kw["metavar"] = "{" + ",".join(str(c) for c in shown) + "}"
         kw["choices"] = _Choices(shown, none=None in choices)
     else:
         kw["metavar"] = f.name.upper()
