@@ -110,6 +110,9 @@ def run_bench(config: UNetConfig | None = None, size: int = 256, batch: int = 4,
             pass runs under that autocast, the loss in fp32, fp16 training through a ``GradScaler``.
     """
     config = UNetConfig() if config is None else config
+    if config.spatial_dims != 2:
+        raise ValueError("unetkit bench measures 2D models (spatial_dims 2); for 3D run "
+                         "benchmarks/bench_3d_model.py")
     dev = resolve_device(device)
     if compare not in (None, "smp"):
         raise ValueError(f"compare must be None or 'smp', not {compare!r}")

@@ -18,8 +18,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", nargs="?", metavar="RUN_DIR|CKPT", help="summarise this trained model")
     p.add_argument("--encoders", action="store_true",
                    help="list encoders: parameters, stage channels, reductions, ImageNet weights cached?")
-    p.add_argument("--size", type=int, nargs="+", default=[256], metavar="PX",
-                   help="input height (and width) for the summary")
+    p.add_argument("--size", type=int, nargs="+", default=None, metavar="PX",
+                   help="input size for the summary: one side, or H W (D H W for a 3D model) (default: 256, "
+                        "64 in 3D)")
     add_model_options(p, suppress=False, title="model (when no checkpoint is given)")
     p.set_defaults(func=run)
 
@@ -38,7 +39,9 @@ def run(args: argparse.Namespace) -> int:
               f"{info.in_channels} input channel(s)")
     else:
         model = UNet(model_config_from_args(args))
-    h = args.size[0]
-    w = args.size[1] if len(args.size) > 1 else h
-    summary(model, (1, model.config.in_channels, h, w))
+    nd = model.config.spatial_dims
+    size = args.size or [256 if nd == 2 else 64]
+    if len(size) not in (1, nd):
+        raise ValueError(f"--size takes one side or {nd} sizes for a {nd}D model, not {size}")
+    summary(model, (1, model.config.in_channels, *(size * nd if len(size) == 1 else size)))
     return 0

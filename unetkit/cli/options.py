@@ -25,7 +25,7 @@ def none_or_str(value: str) -> str | None:
 
 def _shown(value: Any) -> str:
     if isinstance(value, (list, tuple)):
-        return " ".join(str(v) for v in value)
+        return " ".join("x".join(str(a) for a in v) if isinstance(v, (list, tuple)) else str(v) for v in value)
     return str(value)
 
 
@@ -57,13 +57,15 @@ def add_field(group: argparse._ActionsContainer, f: dataclasses.Field, hint: Any
         metavar = f.name.upper() if nargs == "+" else tuple(f"{f.name.upper()}{i + 1}" for i in range(n))
         if str in args:  # numbers or one word (--decoder-channels mirror); the config checks which
             item = _number_or_word(item)
+        if typing.get_origin(item) in (tuple, list):  # per-stage axes (--strides 1x1x1 1x2x2): the config parses
+            item = str
         group.add_argument(flag(name), type=item, nargs=nargs, metavar=metavar, **kw)
         return
     # "none" means None only where None is a value (e.g. --attention none); --norm none stays the string.
     kind = base if base in (int, float) else (none_or_str if optional else str)
     if choices:
         shown = [c for c in choices if c is not None]
-        kw["metavar"] = "{" + ",".join(shown) + "}"
+        kw["metavar"] = "{" + ",".join(str(c) for c in shown) + "}"
         kw["choices"] = _Choices(shown, none=None in choices)
     else:
         kw["metavar"] = f.name.upper()

@@ -52,10 +52,11 @@ def quiet_exporter() -> Iterator[None]:
 
 
 def _to_proto(model: nn.Module, example: torch.Tensor, opset: int, dynamo: bool) -> Any:
-    """Export ``model`` to an in-memory ``onnx.ModelProto`` with dynamic batch, height and width."""
+    """Export ``model`` to an in-memory ``onnx.ModelProto`` with dynamic batch and spatial sizes."""
     import onnx
 
-    axes = {0: "batch", 2: "height", 3: "width"}
+    names = ("depth", "height", "width")[-(example.dim() - 2):]
+    axes = {0: "batch", **{2 + i: n for i, n in enumerate(names)}}
     with quiet_exporter():
         if dynamo:
             with contextlib.redirect_stdout(io.StringIO()):
@@ -71,7 +72,7 @@ def _to_proto(model: nn.Module, example: torch.Tensor, opset: int, dynamo: bool)
 
 
 def export_onnx(model: nn.Module, data_info: DataInfo, path: str | Path, opset: int = 17, *,
-                dynamo: bool = True, check_shapes: Sequence[tuple[int, int, int]] = ((1, 128, 128), (2, 97, 131)),
+                dynamo: bool = True, check_shapes: Sequence[tuple[int, ...]] | None = None,
                 atol: float = 1e-4, verbose: bool = True) -> float:
     """Export ``model`` to ``path`` (one file, written atomically) and return the max abs logit difference.
 
@@ -79,7 +80,9 @@ def export_onnx(model: nn.Module, data_info: DataInfo, path: str | Path, opset: 
     dynamic. ``dynamo=True`` uses the ``torch.export`` based exporter (opset 18 internally, converted to
     ``opset``); ``dynamo=False`` the TorchScript tracer; both give the same graph for a UNet because the
     model's size matching does not branch on shapes while exporting. The file is verified with ONNX
-    Runtime on every ``(N, H, W)`` of ``check_shapes``: a max abs difference to PyTorch of ``atol`` times
+    Runtime on every ``(N, H, W)`` of ``check_shapes`` (default ``(1, 128, 128), (2, 97, 131)``; for a 3D
+    model, ``spatial_dims=3`` in its config, inputs are ``(N, C, D, H, W)`` and the shapes ``(N, D, H, W)``,
+    default ``(1, 32, 32, 32), (1, 37, 50, 45)``): a max abs difference to PyTorch of ``atol`` times
     the largest logit (at least 1) or more raises :class:`ExportError` and nothing is written.
     """
     import onnx
@@ -89,17 +92,20 @@ def export_onnx(model: nn.Module, data_info: DataInfo, path: str | Path, opset: 
     model.eval()
     try:
         device = next(model.parameters()).device
-        example = torch.randn(1, data_info.in_channels, 64, 64, device=device)
-        proto = _to_proto(model, example, opset, dynamo)
         config = getattr(model, "config", None)
+        nd = getattr(config, "spatial_dims", 2)
+        if check_shapes is None:
+            check_shapes = ((1, 128, 128), (2, 97, 131)) if nd == 2 else ((1, 32, 32, 32), (1, 37, 50, 45))
+        example = torch.randn(1, data_info.in_channels, *(64 if nd == 2 else 32,) * nd, device=device)
+        proto = _to_proto(model, example, opset, dynamo)
         set_metadata(proto, onnx_metadata(data_info, config.to_dict() if config is not None else None))
         onnx.checker.check_model(proto)
         data = proto.SerializeToString()
         sess = ort_session(data)
         gen = torch.Generator().manual_seed(0)
         diff, scale = 0.0, 1.0
-        for n, h, w in check_shapes:
-            x = torch.randn(n, data_info.in_channels, h, w, generator=gen)
+        for n, *spatial in check_shapes:
+            x = torch.randn(n, data_info.in_channels, *spatial, generator=gen)
             with torch.inference_mode():
                 ref = model(x.to(device)).float().cpu().numpy()
             out = sess.run(None, {INPUT_NAME: x.numpy()})[0]
@@ -109,7 +115,7 @@ def export_onnx(model: nn.Module, data_info: DataInfo, path: str | Path, opset: 
             scale = max(scale, float(np.abs(ref).max()))
     finally:
         model.train(was_training)
-    shapes = ", ".join(f"{n}x{data_info.in_channels}x{h}x{w}" for n, h, w in check_shapes)
+    shapes = ", ".join("x".join(str(v) for v in (n, data_info.in_channels, *sp)) for n, *sp in check_shapes)
     if not diff < atol * scale:  # relative to the logits' size: fp32 keeps about 7 significant digits
         raise ExportError(f"{path}: ONNX Runtime output differs from PyTorch by {diff:.3g} (>= {atol:g} x the "
                           f"largest logit {scale:.3g}) "

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import DoubleConv
+from .blocks import DoubleConv, as_axes, compact, conv_nd, conv_transpose_nd, interp_mode
 from .config import SKIP_MODES, UPSAMPLE_MODES
 
 
@@ -23,82 +23,143 @@ def exporting() -> bool:
     return torch.jit.is_tracing() or torch.compiler.is_exporting()
 
 
-def center_crop(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Crop the centre ``h x w`` window of ``x`` (``h, w`` no larger than ``x``'s)."""
-    top, left = (x.shape[-2] - h) // 2, (x.shape[-1] - w) // 2
-    return x[..., top : top + h, left : left + w]
+def center_crop(x: torch.Tensor, *size: int) -> torch.Tensor:
+    """Crop the centre window of ``size`` (one entry per trailing axis, no larger than ``x``'s)."""
+    n = len(size)
+    index = [slice(None)] * (x.dim() - n)
+    for have, want in zip(x.shape[-n:], size):
+        start = (have - want) // 2
+        index.append(slice(start, start + want))
+    return x[tuple(index)]
 
 
 def match_skip(up: torch.Tensor, skip: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Make ``up`` (the upsampled decoder map) and ``skip`` the same height and width.
+    """Make ``up`` (the upsampled decoder map) and ``skip`` the same spatial size (2D or 3D).
 
     ``crop``: centre-crop the larger to the smaller (the 2015 paper). ``pool``: adaptive average pooling of
-    the larger to the smaller. ``interpolate``: bilinear resize of ``up`` to the skip. ``pad``: zero-pad
-    ``up`` to the skip (cropping it where it is larger). The last two keep the skip's full resolution.
+    the larger to the smaller. ``interpolate``: bilinear (trilinear in 3D) resize of ``up`` to the skip.
+    ``pad``: zero-pad ``up`` to the skip (cropping it where it is larger). The last two keep the skip's full
+    resolution.
     """
-    if not exporting() and up.shape[-2:] == skip.shape[-2:]:
+    nd = skip.dim() - 2
+    if not exporting() and up.shape[-nd:] == skip.shape[-nd:]:
         return up, skip
-    (hu, wu), (hs, ws) = up.shape[-2:], skip.shape[-2:]
+    su, ss = tuple(up.shape[-nd:]), tuple(skip.shape[-nd:])
     if mode == "interpolate":
-        return F.interpolate(up, size=(hs, ws), mode="bilinear", align_corners=False), skip
+        return F.interpolate(up, size=ss, mode=interp_mode(nd), align_corners=False), skip
     if mode == "pad":
-        up = center_crop(up, min(hu, hs), min(wu, ws))
-        dh, dw = hs - up.shape[-2], ws - up.shape[-1]
-        return F.pad(up, [dw // 2, dw - dw // 2, dh // 2, dh - dh // 2]), skip
-    h, w = min(hu, hs), min(wu, ws)
+        up = center_crop(up, *(min(a, b) for a, b in zip(su, ss)))
+        pads: list[int] = []
+        for have, want in zip(reversed(up.shape[-nd:]), reversed(ss)):  # F.pad: last axis first
+            d = want - have
+            pads += [d // 2, d - d // 2]
+        return F.pad(up, pads), skip
+    size = tuple(min(a, b) for a, b in zip(su, ss))
     if mode == "crop":
-        return center_crop(up, h, w), center_crop(skip, h, w)
+        return center_crop(up, *size), center_crop(skip, *size)
     if mode == "pool":
-        return F.adaptive_avg_pool2d(up, (h, w)), F.adaptive_avg_pool2d(skip, (h, w))
+        pool = F.adaptive_avg_pool2d if nd == 2 else F.adaptive_avg_pool3d
+        return pool(up, size), pool(skip, size)
     raise ValueError(f"skip must be one of {SKIP_MODES}, not {mode!r}")
 
 
-def make_upsample(in_ch: int, out_ch: int, factor: int, mode: str) -> nn.Module:
-    """An upsampling layer by ``factor`` that also maps ``in_ch`` to ``out_ch`` channels.
+def make_upsample(in_ch: int, out_ch: int, factor: int | Sequence[int], mode: str,
+                  spatial_dims: int = 2) -> nn.Module:
+    """An upsampling layer by ``factor`` (an int, or one per axis) that also maps ``in_ch`` to ``out_ch``.
 
-    ``transpose``: a ``factor x factor`` transposed conv of stride ``factor`` (the paper's up-conv).
-    ``bilinear``: a 1x1 conv then bilinear upsampling (the two commute, and the conv is cheaper first).
-    ``pixelshuffle``: a 1x1 conv to ``out_ch * factor**2`` channels then ``PixelShuffle``, initialised so
-    all sub-pixels start equal (ICNR), which avoids checkerboard artefacts at the start of training.
+    ``transpose``: a ``factor``-sized transposed conv of stride ``factor`` (the paper's up-conv).
+    ``bilinear``: a 1x1 conv then bilinear (trilinear in 3D) upsampling (the two commute, and the conv is
+    cheaper first). ``pixelshuffle``: a 1x1 conv to ``out_ch * prod(factor)`` channels then ``PixelShuffle``
+    (:class:`VoxelShuffle` in 3D or for per-axis factors), initialised so all sub-pixels start equal
+    (ICNR), which avoids checkerboard artefacts at the start of training.
     """
-    if factor == 1:
-        return nn.Conv2d(in_ch, out_ch, 1)
+    f = compact(as_axes(factor, spatial_dims))
+    if f == 1:
+        return conv_nd(spatial_dims)(in_ch, out_ch, 1)
     if mode == "transpose":
-        return nn.ConvTranspose2d(in_ch, out_ch, factor, stride=factor)
+        return conv_transpose_nd(spatial_dims)(in_ch, out_ch, f, stride=f)
     if mode == "bilinear":
-        return nn.Sequential(nn.Conv2d(in_ch, out_ch, 1),
-                             nn.Upsample(scale_factor=factor, mode="bilinear", align_corners=False))
+        scale = f if isinstance(f, int) else tuple(float(v) for v in f)
+        return nn.Sequential(conv_nd(spatial_dims)(in_ch, out_ch, 1),
+                             nn.Upsample(scale_factor=scale, mode=interp_mode(spatial_dims), align_corners=False))
     if mode == "pixelshuffle":
-        return nn.Sequential(ICNRConv(in_ch, out_ch, factor), nn.PixelShuffle(factor))
+        shuffle = nn.PixelShuffle(f) if spatial_dims == 2 and isinstance(f, int) else VoxelShuffle(f, spatial_dims)
+        return nn.Sequential((ICNRConv if spatial_dims == 2 else ICNRConv3d)(in_ch, out_ch, f), shuffle)
     raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, not {mode!r}")
 
 
-class ICNRConv(nn.Conv2d):
-    """1x1 conv feeding ``PixelShuffle(factor)``; ``reset_parameters`` gives every sub-pixel the same kernel."""
+class VoxelShuffle(nn.Module):
+    """``PixelShuffle`` for any dimensionality and per-axis factors: ``(N, C*prod(r), *S)`` to ``(N, C, *S*r)``.
 
-    def __init__(self, in_ch: int, out_ch: int, factor: int) -> None:
-        self.factor = factor
-        super().__init__(in_ch, out_ch * factor**2, 1)
+    Channel ``c * prod(r) + i`` goes to sub-position ``i`` (row-major over the factors) of channel ``c``, the
+    layout ``nn.PixelShuffle`` uses in 2D. Written with ``reshape``/``permute`` only, so it exports to ONNX
+    (``nn.PixelShuffle`` has no 3D form).
+    """
+
+    def __init__(self, factor: int | Sequence[int], spatial_dims: int = 3) -> None:
+        super().__init__()
+        self.factor = as_axes(factor, spatial_dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r, nd = self.factor, len(self.factor)
+        n, c = x.shape[0], x.shape[1] // math.prod(r)
+        sizes = x.shape[2:]
+        x = x.reshape(n, c, *r, *sizes)
+        # (N, C, r_1..r_nd, S_1..S_nd) -> (N, C, S_1, r_1, ..., S_nd, r_nd)
+        order = [0, 1] + [i for a in range(nd) for i in (2 + nd + a, 2 + a)]
+        x = x.permute(*order)
+        return x.reshape(n, c, *(s * f for s, f in zip(sizes, r)))
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor}"
+
+
+class _ICNR:
+    """1x1 conv feeding a pixel shuffle by ``factor``; ``reset_parameters`` gives every sub-pixel the same kernel."""
+
+    factor: int | tuple[int, ...]
+    subpixels: int
+    weight: nn.Parameter
+    bias: nn.Parameter
+    out_channels: int
 
     def reset_parameters(self) -> None:
-        base = torch.empty(self.out_channels // self.factor**2, *self.weight.shape[1:])
+        base = torch.empty(self.out_channels // self.subpixels, *self.weight.shape[1:])
         nn.init.kaiming_normal_(base, mode="fan_out", nonlinearity="relu")
         with torch.no_grad():
-            self.weight.copy_(base.repeat_interleave(self.factor**2, dim=0))
+            self.weight.copy_(base.repeat_interleave(self.subpixels, dim=0))
             self.bias.zero_()
+
+
+class ICNRConv(_ICNR, nn.Conv2d):
+    """The 2D ICNR 1x1 conv (see :class:`_ICNR`)."""
+
+    def __init__(self, in_ch: int, out_ch: int, factor: int | Sequence[int]) -> None:
+        self.factor = factor
+        self.subpixels = math.prod(as_axes(factor, 2))
+        super().__init__(in_ch, out_ch * self.subpixels, 1)
+
+
+class ICNRConv3d(_ICNR, nn.Conv3d):
+    """The 3D ICNR 1x1 conv (see :class:`_ICNR`)."""
+
+    def __init__(self, in_ch: int, out_ch: int, factor: int | Sequence[int]) -> None:
+        self.factor = factor
+        self.subpixels = math.prod(as_axes(factor, 3))
+        super().__init__(in_ch, out_ch * self.subpixels, 1)
 
 
 class UpBlock(nn.Module):
     """One decoder stage: upsample, match and concatenate the skip (if any), double conv."""
 
-    def __init__(self, in_ch: int, skip_ch: int, out_ch: int, factor: int, upsample: str, skip: str,
-                 padding: str, norm: str) -> None:
+    def __init__(self, in_ch: int, skip_ch: int, out_ch: int, factor: int | Sequence[int], upsample: str,
+                 skip: str, padding: str, norm: str, spatial_dims: int = 2, kernel_size: int | Sequence[int] = 3) -> None:
         super().__init__()
         if skip not in SKIP_MODES:
             raise ValueError(f"skip must be one of {SKIP_MODES}, not {skip!r}")
         self.skip_mode = skip
-        self.up = make_upsample(in_ch, out_ch, factor, upsample)
-        self.conv = DoubleConv(out_ch + skip_ch, out_ch, padding, norm)
+        self.up = make_upsample(in_ch, out_ch, factor, upsample, spatial_dims)
+        self.conv = DoubleConv(out_ch + skip_ch, out_ch, padding, norm, spatial_dims, kernel_size)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
         x = self.up(x)
@@ -158,11 +219,16 @@ class UNetDecoder(nn.Module):
     """Decoder stages from the deepest encoder feature back to full resolution.
 
     ``forward(features)`` returns every stage's output, coarse to fine, so heads can read any of them.
+    In 3D (``spatial_dims=3``) each stage upsamples by the per-axis ratio of its skip's and its input's
+    ``axis_reductions`` (default: ``reductions`` on every axis) and uses its skip stage's ``kernel_sizes``
+    (default 3), as nnU-Net's decoder mirrors its encoder.
     """
 
     def __init__(self, encoder_channels: Sequence[int], reductions: Sequence[int],
                  decoder_channels: Sequence[int] | None = None, upsample: str = "transpose",
-                 skip: str = "interpolate", padding: str = "same", norm: str = "batch") -> None:
+                 skip: str = "interpolate", padding: str = "same", norm: str = "batch", spatial_dims: int = 2,
+                 axis_reductions: Sequence[Sequence[int]] | None = None,
+                 kernel_sizes: Sequence[int | Sequence[int]] | None = None) -> None:
         super().__init__()
         n_skip = len(encoder_channels) - 1
         n_extra = int(math.log2(reductions[0]))
@@ -170,16 +236,21 @@ class UNetDecoder(nn.Module):
         if len(chans) != n_skip + n_extra:
             raise ValueError(f"decoder_channels needs {n_skip + n_extra} entries for this encoder "
                              f"(stages at reductions {tuple(reductions)}), got {len(chans)}")
+        nd = spatial_dims
+        axis_red = [as_axes(r, nd) for r in (axis_reductions or reductions)]
         self.blocks = nn.ModuleList()
         prev = encoder_channels[-1]
         for i, out_ch in enumerate(chans):
+            kernel: int | tuple[int, ...] = 3
             if i < n_skip:
                 skip_idx = n_skip - 1 - i
                 skip_ch = encoder_channels[skip_idx]
-                factor = reductions[skip_idx + 1] // reductions[skip_idx]
+                factor = compact([a // b for a, b in zip(axis_red[skip_idx + 1], axis_red[skip_idx])])
+                if kernel_sizes is not None:
+                    kernel = compact(as_axes(kernel_sizes[skip_idx], nd))
             else:
                 skip_ch, factor = 0, 2
-            self.blocks.append(UpBlock(prev, skip_ch, out_ch, factor, upsample, skip, padding, norm))
+            self.blocks.append(UpBlock(prev, skip_ch, out_ch, factor, upsample, skip, padding, norm, nd, kernel))
             prev = out_ch
         self.n_skip = n_skip
         self.out_channels = tuple(chans)

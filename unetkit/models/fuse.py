@@ -7,7 +7,8 @@ into the convolution's weight and bias, which removes one full pass over the act
 Which convolution feeds which BatchNorm is found by running one forward pass and watching the calls (a
 ``TorchFunctionMode``), so any architecture that calls ``F.conv2d`` / ``F.conv_transpose2d`` and
 ``F.batch_norm`` works (the UNet, torchvision backbones, segmentation_models.pytorch), whether the layers
-sit in an ``nn.Sequential`` or are wired by hand.
+sit in an ``nn.Sequential`` or are wired by hand. 3D models (``F.conv3d`` / ``F.conv_transpose3d`` and
+``BatchNorm3d``) fold the same way; InstanceNorm has no running statistics to fold and is left alone.
 """
 
 from __future__ import annotations
@@ -23,7 +24,11 @@ from torch.utils._pytree import tree_flatten
 
 __all__ = ["find_conv_bn_pairs", "fold_conv_bn", "fuse_conv_bn"]
 
-_CONVS: tuple[Callable[..., Any], ...] = (F.conv2d, torch.conv2d, F.conv_transpose2d, torch.conv_transpose2d)
+_CONVS: tuple[Callable[..., Any], ...] = (F.conv2d, torch.conv2d, F.conv_transpose2d, torch.conv_transpose2d,
+                                          F.conv3d, torch.conv3d, F.conv_transpose3d, torch.conv_transpose3d)
+_CONV_MODULES = (nn.Conv2d, nn.ConvTranspose2d, nn.Conv3d, nn.ConvTranspose3d)
+_TRANSPOSED = (nn.ConvTranspose2d, nn.ConvTranspose3d)
+_BN_MODULES = (nn.BatchNorm2d, nn.BatchNorm3d)
 _BATCH_NORMS: tuple[Callable[..., Any], ...] = (F.batch_norm, torch.batch_norm)
 #: Calls that only read a tensor's metadata (``x.dim()``, ``x.shape``...), not its values.
 _METADATA = {"dim", "ndimension", "size", "stride", "numel", "nelement", "is_contiguous", "__len__", "__get__",
@@ -65,13 +70,13 @@ class _Recorder(TorchFunctionMode):
 def find_conv_bn_pairs(model: nn.Module, example: torch.Tensor) -> list[tuple[nn.Module, nn.Module]]:
     """``(conv, bn)`` pairs where the BatchNorm (eval mode, running statistics) is the only reader of the conv.
 
-    Runs ``model(example)`` once without gradients. Only exact ``nn.BatchNorm2d`` modules are folded
+    Runs ``model(example)`` once without gradients. Only exact ``nn.BatchNorm2d``/``BatchNorm3d`` modules are folded
     (subclasses such as timm's ``BatchNormAct2d`` do more than normalise); a conv that feeds the same
     BatchNorm more than once, or a BatchNorm fed by more than one conv, is left alone.
     """
-    convs = {id(m.weight): m for m in model.modules() if type(m) in (nn.Conv2d, nn.ConvTranspose2d)}
+    convs = {id(m.weight): m for m in model.modules() if type(m) in _CONV_MODULES}
     norms = {id(m.running_mean): m for m in model.modules()
-             if type(m) is nn.BatchNorm2d and m.running_mean is not None}
+             if type(m) in _BN_MODULES and m.running_mean is not None}
     rec = _Recorder(convs, norms)
     with torch.no_grad(), rec:
         model(example)
@@ -88,18 +93,19 @@ def find_conv_bn_pairs(model: nn.Module, example: torch.Tensor) -> list[tuple[nn
     for conv, _ in rec.produced.values():
         conv_calls[id(conv)] = conv_calls.get(id(conv), 0) + 1
     return [(c, b) for k, (c, b) in pairs.items() if uses[k] == 1 and conv_calls[id(c)] == 1
-            and not (isinstance(c, nn.ConvTranspose2d) and c.groups != 1)]
+            and not (isinstance(c, _TRANSPOSED) and c.groups != 1)]
 
 
 @torch.no_grad()
-def fold_conv_bn(conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNorm2d) -> None:
+def fold_conv_bn(conv: nn.modules.conv._ConvNd, bn: nn.modules.batchnorm._BatchNorm) -> None:
     """Fold ``bn``'s eval-mode affine map into ``conv``'s weight and bias, in place (float64 arithmetic)."""
     w = conv.weight
     scale = bn.weight.double() if bn.affine else torch.ones_like(bn.running_var, dtype=torch.float64)
     shift = bn.bias.double() if bn.affine else torch.zeros_like(bn.running_var, dtype=torch.float64)
     scale = scale / torch.sqrt(bn.running_var.double() + bn.eps)
     bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
-    shape = [1, -1, 1, 1] if isinstance(conv, nn.ConvTranspose2d) else [-1, 1, 1, 1]
+    rest = [1] * (w.dim() - 2)
+    shape = [1, -1, *rest] if isinstance(conv, _TRANSPOSED) else [-1, 1, *rest]
     new_w = (w.double() * scale.reshape(shape)).to(w.dtype)
     new_b = ((bias - bn.running_mean.double()) * scale + shift).to(w.dtype)
     conv.weight = nn.Parameter(new_w.contiguous(memory_format=_memory_format(w)), requires_grad=w.requires_grad)
@@ -119,19 +125,23 @@ def _replace(model: nn.Module, target: nn.Module, new: nn.Module) -> None:
 
 
 def _example_input(model: nn.Module, size: int) -> torch.Tensor:
-    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Conv3d)), None)
     if first is None:
-        raise ValueError("fuse_conv_bn: the model has no Conv2d, pass example=")
+        raise ValueError("fuse_conv_bn: the model has no Conv2d or Conv3d, pass example=")
     p = first.weight
-    return torch.zeros(1, first.in_channels, size, size, device=p.device, dtype=p.dtype)
+    nd = p.dim() - 2
+    if nd == 3:
+        size = min(size, 64)  # a 256^3 volume is needlessly large to find the pairs
+    return torch.zeros(1, first.in_channels, *(size,) * nd, device=p.device, dtype=p.dtype)
 
 
 def fuse_conv_bn(model: nn.Module, example: torch.Tensor | None = None, size: int = 256) -> nn.Module:
-    """Fold every eval-mode BatchNorm2d that directly follows a convolution into it; return ``model``.
+    """Fold every eval-mode BatchNorm2d/3d that directly follows a convolution into it; return ``model``.
 
     The model is switched to eval mode and changed in place (BatchNorm layers become ``nn.Identity``), so
     the result is for inference and export only. ``example`` is one input used to find the pairs (default:
-    zeros of ``(1, C, size, size)``, ``C`` from the first conv). Outputs agree with the unfused model to
+    zeros of ``(1, C, size, size)``, or ``(1, C, s, s, s)`` with ``s = min(size, 64)`` for a 3D model, ``C``
+    from the first conv). Outputs agree with the unfused model to
     float32 rounding (about 1e-6 relative).
     """
     model.eval()

@@ -12,15 +12,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import SelfAttention
-from .blocks import init_kaiming
+from .blocks import conv_nd, init_kaiming, interp_mode
 from .config import DEFAULT_BASE_CHANNELS, UNetConfig
 from .decoder import UNetDecoder, exporting, resolve_decoder_channels
 from .encoders import get_encoder
-from .encoders.base import freeze
+from .encoders.base import axis_reductions, freeze
 
 
 class UNet(nn.Module):
-    """UNet for semantic segmentation; ``forward`` returns raw logits ``(N, num_classes, H, W)``.
+    """UNet for semantic segmentation; ``forward`` returns raw logits ``(N, num_classes, H, W)``, or
+    ``(N, num_classes, D, H, W)`` for volumes with ``spatial_dims=3``.
 
     Build it from a :class:`UNetConfig` or from the same options as keywords: ``UNet(config)``,
     ``UNet(num_classes=3, in_channels=1)``, or ``UNet(config, encoder="vgg16")`` (keywords replace fields).
@@ -40,7 +41,10 @@ class UNet(nn.Module):
       ``upsample`` (``transpose`` |
       ``bilinear`` | ``pixelshuffle``), ``skip`` (``crop`` | ``pool`` | ``interpolate`` | ``pad``: with
       ``padding="same"`` the output always has the input's size), ``padding`` (``same`` | ``valid``: the
-      paper's unpadded convs, 572x572 in, 388x388 out), ``norm`` (``batch`` | ``none``);
+      paper's unpadded convs, 572x572 in, 388x388 out), ``norm`` (``batch`` | ``instance`` | ``none``);
+    * ``spatial_dims`` (2 or 3: the same network with 3D convs, pools, norms and trilinear resizing; plain
+      encoder only), ``strides`` and ``kernel_sizes`` (per-stage pool strides and conv kernels, per axis:
+      anisotropic volumes, see :func:`unetkit.models.stages.plan_stages`);
     * ``attention="self"`` (self-attention on the bottleneck), ``deep_supervision`` (training mode returns
       ``[main, aux_1, ...]``, aux_1 the finest; eval mode the main logits), ``multiscale_fusion`` (the
       final logits fuse every decoder stage's prediction).
@@ -51,23 +55,30 @@ class UNet(nn.Module):
         cfg = (config or UNetConfig()).replace(**options) if options else (config or UNetConfig())
         if cfg.encoder == "plain":
             cfg = cfg.replace(base_channels=cfg.base_channels or DEFAULT_BASE_CHANNELS)
-            self.encoder = get_encoder("plain", cfg.in_channels, cfg.encoder_weights, cfg.depth or 5,
-                                       base_channels=cfg.base_channels, padding=cfg.padding, norm=cfg.norm)
+            extra = {"spatial_dims": cfg.spatial_dims, "strides": cfg.strides, "kernel_sizes": cfg.kernel_sizes} \
+                if cfg.spatial_dims != 2 or cfg.strides is not None or cfg.kernel_sizes is not None else {}
+            stages = cfg.strides or cfg.kernel_sizes
+            self.encoder = get_encoder("plain", cfg.in_channels, cfg.encoder_weights,
+                                       cfg.depth or (len(stages) if stages else 5),
+                                       base_channels=cfg.base_channels, padding=cfg.padding, norm=cfg.norm, **extra)
         else:
             self.encoder = get_encoder(cfg.encoder, cfg.in_channels, cfg.encoder_weights, cfg.depth)
-        num_classes = cfg.num_classes
+        num_classes, nd = cfg.num_classes, cfg.spatial_dims
         enc_ch, red = self.encoder.out_channels, self.encoder.reductions
         widths = resolve_decoder_channels(cfg.decoder_channels, enc_ch, red, self.encoder.decoder)
         self.config = cfg.replace(depth=len(enc_ch), decoder_channels=widths)
-        self.bottleneck_attention = SelfAttention(enc_ch[-1]) if cfg.attention == "self" else None
-        self.decoder = UNetDecoder(enc_ch, red, widths, cfg.upsample, cfg.skip, cfg.padding, cfg.norm)
+        self.bottleneck_attention = SelfAttention(enc_ch[-1], spatial_dims=nd) if cfg.attention == "self" else None
+        self.decoder = UNetDecoder(enc_ch, red, widths, cfg.upsample, cfg.skip, cfg.padding, cfg.norm, nd,
+                                   axis_reductions(self.encoder) if nd != 2 or cfg.strides else None,
+                                   getattr(self.encoder, "kernel_sizes", None) if cfg.kernel_sizes else None)
         dec_ch = self.decoder.out_channels
-        self.head = nn.Conv2d(dec_ch[-1], num_classes, 1)
+        conv = conv_nd(nd)
+        self.head = conv(dec_ch[-1], num_classes, 1)
         # Per-stage heads for every stage but the last (whose head is ``self.head``).
         needs_stage_heads = cfg.deep_supervision or cfg.multiscale_fusion
-        self.stage_heads = nn.ModuleList(nn.Conv2d(c, num_classes, 1) for c in dec_ch[:-1]) \
+        self.stage_heads = nn.ModuleList(conv(c, num_classes, 1) for c in dec_ch[:-1]) \
             if needs_stage_heads else None
-        self.fusion = nn.Conv2d(num_classes * len(dec_ch), num_classes, 1) if cfg.multiscale_fusion else None
+        self.fusion = conv(num_classes * len(dec_ch), num_classes, 1) if cfg.multiscale_fusion else None
         for part in (self.decoder, self.head, self.stage_heads, self.fusion, self.bottleneck_attention):
             if part is not None:
                 init_kaiming(part)
@@ -82,8 +93,13 @@ class UNet(nn.Module):
 
     @property
     def stride(self) -> int:
-        """The total downsampling factor (the deepest encoder stage's reduction)."""
+        """The total downsampling factor (the deepest encoder stage's reduction; the largest over the axes)."""
         return int(self.encoder.reductions[-1])
+
+    @property
+    def axis_strides(self) -> tuple[int, ...]:
+        """The total downsampling factor of each spatial axis (``(D, H, W)`` in 3D)."""
+        return axis_reductions(self.encoder)[-1]
 
     @property
     def num_classes(self) -> int:
@@ -97,7 +113,12 @@ class UNet(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        size = x.shape[-2:]
+        nd = self.config.spatial_dims
+        if x.dim() != nd + 2:
+            raise ValueError(f"a UNet with spatial_dims={nd} takes {nd + 2}-D input (N, C, "
+                             f"{'D, H, W' if nd == 3 else 'H, W'}), not shape {tuple(x.shape)}")
+        size = x.shape[-nd:]
+        mode = interp_mode(nd)
         feats = self.encoder(x)
         if self.bottleneck_attention is not None:
             feats = [*feats[:-1], self.bottleneck_attention(feats[-1])]
@@ -105,11 +126,11 @@ class UNet(nn.Module):
         main = self.head(stages[-1])
         aux = [h(s) for h, s in zip(self.stage_heads, stages[:-1])] if self.stage_heads is not None else []
         if self.fusion is not None:
-            out_size = main.shape[-2:]
-            ups = [F.interpolate(a, size=out_size, mode="bilinear", align_corners=False) for a in aux]
+            out_size = main.shape[-nd:]
+            ups = [F.interpolate(a, size=out_size, mode=mode, align_corners=False) for a in aux]
             main = self.fusion(torch.cat([*ups, main], dim=1))
-        if self.config.padding == "same" and (exporting() or main.shape[-2:] != size):
-            main = F.interpolate(main, size=size, mode="bilinear", align_corners=False)
+        if self.config.padding == "same" and (exporting() or main.shape[-nd:] != size):
+            main = F.interpolate(main, size=size, mode=mode, align_corners=False)
         if self.config.deep_supervision and self.training:
             return [main, *reversed(aux)]
         return main

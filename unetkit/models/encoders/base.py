@@ -5,6 +5,11 @@ before any forward pass, how many channels each stage has (``out_channels``) and
 has reduced the input's height and width (``reductions``, e.g. ``(1, 2, 4, 8, 16)`` for the plain UNet
 encoder, ``(2, 4, 8, 16, 32)`` for a ResNet, ``(4, 8, 16, 32)`` for Swin). The decoder is built from
 these two tuples alone, so any encoder that honours them plugs into :class:`unetkit.UNet`.
+
+A 3D encoder (``spatial_dims = 3``, input ``(N, C_in, D, H, W)``) may reduce its axes differently (e.g. no
+pooling along a thick-slice axis): ``reductions`` then holds each stage's largest reduction over the axes
+(so code that pads inputs to a multiple of ``reductions[-1]`` stays right) and ``axis_reductions`` one
+tuple per stage with the reduction of every axis, ``(D, H, W)`` order (see :func:`axis_reductions`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ class Encoder(nn.Module):
             non-decreasing).
         mean, std: the input normalisation the encoder's pretrained weights expect (``None`` when it is
             trained from scratch); it travels with the model into checkpoints and the data pipeline.
+        spatial_dims: 2 for images, 3 for volumes.
+        axis_reductions: per stage, the reduction of each spatial axis (``None``: ``reductions`` on every
+            axis).
         decoder: the decoder widths ``decoder_channels="auto"`` builds on it: ``"mirror"`` (each stage as
             wide as its skip) or ``"light"`` (see :func:`unetkit.models.decoder.light_decoder_channels`).
     """
@@ -31,6 +39,8 @@ class Encoder(nn.Module):
     out_channels: tuple[int, ...]
     reductions: tuple[int, ...]
     mean: tuple[float, ...] | None = None
+    spatial_dims: int = 2
+    axis_reductions: tuple[tuple[int, ...], ...] | None = None
     std: tuple[float, ...] | None = None
     decoder: str = "mirror"
 
@@ -51,6 +61,17 @@ def check_contract(encoder: Encoder) -> None:
         raise ValueError(f"{type(encoder).__name__}: reductions {red} must be non-decreasing")
     if any(r & (r - 1) for r in red):
         raise ValueError(f"{type(encoder).__name__}: reductions {red} must be powers of two")
+    per_axis = axis_reductions(encoder)
+    if len(per_axis) != len(red) or any(max(a) != r or any(v & (v - 1) for v in a) for a, r in zip(per_axis, red)):
+        raise ValueError(f"{type(encoder).__name__}: axis_reductions {per_axis} must be powers of two whose "
+                         f"largest per stage is reductions {red}")
+
+
+def axis_reductions(encoder: Encoder) -> tuple[tuple[int, ...], ...]:
+    """Each stage's reduction per spatial axis: ``encoder.axis_reductions``, or ``reductions`` on every axis."""
+    if encoder.axis_reductions is not None:
+        return tuple(tuple(int(v) for v in r) for r in encoder.axis_reductions)
+    return tuple((int(r),) * encoder.spatial_dims for r in encoder.reductions)
 
 
 def adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
