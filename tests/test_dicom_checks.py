@@ -67,9 +67,8 @@ def test_missing_slice_is_refused(tmp_path):
             reader(folder)
         msg = str(e.value)
         assert "\n" not in msg and msg.startswith(f"{folder}: DICOM series: ")
-        assert f"jump from {mm(2.5)} to {mm(7.5)}" in msg and "(5 mm where the other slices are 2.5 mm apart: 1 slice(s) " \
-            "missing)" in msg
-        assert msg.endswith("re-export the series complete")
+        assert msg == (f"{folder}: DICOM series: 1 slice(s) missing between {mm(2.5)} and {mm(7.5)} along the "
+                       "slice normal (a 5 mm step; the others are 2.5 mm); re-export the series complete")
 
 
 def test_duplicated_position_is_refused(tmp_path):
@@ -87,7 +86,7 @@ def test_volume_folder_names_the_case(tmp_path):
     with pytest.raises(DatasetError) as e:
         scan_volumes(tmp_path, val_fraction=0.0)
     assert str(e.value).startswith(
-        f"images/case_1: DICOM series: slice positions jump from {mm(2.5)} to {mm(7.5)}")
+        f"images/case_1: DICOM series: 1 slice(s) missing between {mm(2.5)} and {mm(7.5)}")
 
 
 def test_position_rule():
@@ -95,9 +94,11 @@ def test_position_rule():
     assert slice_position_problem([0.0, 1.25, 2.5, 3.75], names[:4]) is None
     assert slice_position_problem([3.0, 0.0, 1.0, 2.0], names[:4]) is None  # order does not matter
     assert slice_position_problem([0.0, 2.5, 5.004, 7.5], names[:4]) is None  # within 1 % of the step
-    assert slice_position_problem([0.0, 2.5, 5.2, 7.7], names[:4]) is not None  # uneven: 2.7 vs 2.5 mm
+    assert slice_position_problem([0.0, 2.5, 5.2, 7.7], names[:4]) == (
+        "uneven slice spacing between 2.5 mm and 5.2 mm along the slice normal (a 2.7 mm step; the others are 2.5 mm); "
+        "re-export the series complete")
     gap = slice_position_problem([0.0, 2.0, 8.0, 10.0], names[:4])
-    assert gap is not None and "from 2 mm to 8 mm" in gap and "2 slice(s) missing" in gap
+    assert gap is not None and gap.startswith("2 slice(s) missing between 2 mm and 8 mm")
     dup = slice_position_problem([0.0, 1.0, 1.005, 2.0], names[:4])
     assert dup is not None and dup.startswith("two slices at 1 mm") and "(f1 and f2)" in dup
     assert slice_position_problem([4.0], names[:1]) is None

@@ -78,18 +78,18 @@ def slice_position_problem(positions: Sequence[float], names: Sequence[str]) -> 
     if dup.size:
         i = int(dup[0])
         a, b = names[order[i]], names[order[i + 1]]
-        return (f"two slices at {z[i]:.4g} mm along the slice normal ({Path(a).name} and {Path(b).name}): a "
-                "duplicated slice; remove the duplicate or re-export the series complete")
+        return (f"two slices at {z[i]:.4g} mm along the slice normal ({Path(a).name} and {Path(b).name}); remove "
+                "the duplicate or re-export the series complete")
     step = float(steps.min())
     tolerance = max(STEP_TOLERANCE * step, STEP_TOLERANCE_MM)
     bad = np.flatnonzero(steps - step > tolerance)
     if not bad.size:
         return None
     i = int(bad[0])
-    missing = max(1, round(steps[i] / step) - 1)
-    return (f"slice positions jump from {z[i]:.4g} mm to {z[i + 1]:.4g} mm along the slice normal "
-            f"({steps[i]:.4g} mm where the other slices are {step:.4g} mm apart: {missing} slice(s) missing); "
-            "re-export the series complete")
+    where = f"between {z[i]:.4g} mm and {z[i + 1]:.4g} mm along the slice normal"
+    missing = round(steps[i] / step) - 1
+    what = f"{missing} slice(s) missing {where}" if missing >= 1 else f"uneven slice spacing {where}"
+    return f"{what} (a {steps[i]:.4g} mm step; the others are {step:.4g} mm); re-export the series complete"
 
 
 def check_series(folder: Path, files: Sequence[str]) -> list[Any]:
