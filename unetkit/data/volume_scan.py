@@ -244,7 +244,7 @@ def scan_volumes(
     before any voxel is read.
     """
     root = Path(root)
-    plan_volume_settings([], slice_axis=slice_axis, context=int(context), spacing=spacing)  # bad options: now
+    plan_volume_settings([], slice_axis=slice_axis, context=int(context), spacing=spacing)  # refuse bad options first
     if (root / "images").is_dir():
         img_dir, mask_dir = root / "images", root / "masks"
     elif (root / "train" / "images").is_dir():
@@ -263,13 +263,13 @@ def scan_volumes(
     threads = num_threads or min(4, (os.cpu_count() or 1) + 1)
 
     with ThreadPoolExecutor(threads) as pool:  # headers only: plan and bound every case before reading voxels
-        geometry = dict(zip((c.name for c in cases), pool.map(_header_geometry, cases), strict=True))
-    planned_from = train or cases
-    settings, reason = plan_volume_settings([geometry[c.name][1] for c in planned_from], slice_axis=slice_axis,
+        geometry = list(pool.map(_header_geometry, cases))
+    planned_from = geometry[:len(train)] or geometry
+    settings, reason = plan_volume_settings([sp for _, sp in planned_from], slice_axis=slice_axis,
                                             context=int(context), spacing=spacing)
-    for c in cases:
+    for c, (shape, sp) in zip(cases, geometry, strict=True):
         try:
-            check_slice_grid(c.image, *geometry[c.name], settings)
+            check_slice_grid(c.image, shape, sp, settings)
         except VolumeCheckError as e:
             raise DatasetError(f"{c.rel_image}: {e.detail}") from e
     with ThreadPoolExecutor(threads) as pool:
