@@ -6,8 +6,8 @@ CT volume in Hounsfield units, 3.05 x 3.05 mm pixels, 10 mm slices) and ``Segmen
 
 Processing:
 
-* The label map is brought into the CT voxel grid through both files' physical geometry
-  (``space origin`` + ``space directions``, i.e. IJK -> LPS): identical grids are copied, an integer
+* The CT is read with :func:`unetkit.data.volume_io.read_volume` (voxels ``(I, J, K)``, affine to RAS); the
+  label map is brought into the CT voxel grid through both files' physical geometry (IJK -> LPS): identical grids are copied, an integer
   voxel offset (a segmentation that covers a sub-region, cf. ``Segmentation_ReferenceImageExtentOffset``)
   is pasted in place, anything else is resampled with nearest neighbour.
 * Segments are collapsed to one label per voxel in the order below; where segments overlap the more
@@ -28,7 +28,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import nrrd
 import numpy as np
 import scipy.ndimage
 import slicerio
@@ -36,6 +35,8 @@ import slicerio
 from .base import ArrayDataset, JointTransformFn
 from .classes import Color
 from .errors import DatasetError
+from .formats.itk import LPS_TO_RAS
+from .volume_io import VolumeError, read_volume
 
 if TYPE_CHECKING:
     from importlib.abc import Traversable
@@ -88,19 +89,9 @@ def data_file(name: str) -> Traversable:
     return importlib.resources.files(slicerio).joinpath("data", name)
 
 
-def _ijk_to_lps(header: dict) -> np.ndarray:
-    m = np.eye(4)
-    dirs = np.asarray(header["space directions"], dtype=float)
-    if dirs.shape[0] == 4:  # 4D (layers first): the first row is the non-spatial axis
-        dirs = dirs[1:]
-    m[:3, :3] = dirs.T  # each row of "space directions" is one index axis
-    m[:3, 3] = np.asarray(header["space origin"], dtype=float)
-    space = header.get("space", "left-posterior-superior")
-    if space in ("right-anterior-superior", "RAS"):
-        m = np.diag([-1.0, -1.0, 1.0, 1.0]) @ m
-    elif space not in ("left-posterior-superior", "LPS"):
-        raise DatasetError(f"CTChest4.nrrd: unsupported space {space!r}; expected LPS or RAS")
-    return m
+def _ct_ijk_to_lps(affine_ras: np.ndarray) -> np.ndarray:
+    """The voxel-to-LPS matrix of a voxel-to-RAS affine (x and y flipped; Slicer's and slicerio's space)."""
+    return LPS_TO_RAS @ np.asarray(affine_ras, dtype=np.float64)
 
 
 def resample_labels(labels: np.ndarray, src_ijk_to_lps: np.ndarray, ref_ijk_to_lps: np.ndarray,
@@ -151,9 +142,14 @@ def load_ct_chest() -> CTChestVolume:
         if not ct_path.is_file() or not seg_path.is_file():
             raise DatasetError("slicerio/data/CTChest4.nrrd or Segmentation.seg.nrrd is missing; reinstall "
                                "slicerio (pip install --force-reinstall slicerio)")
-        ct, ct_header = nrrd.read(str(ct_path))
+        try:
+            ct_volume = read_volume(ct_path)
+        except VolumeError as e:
+            raise DatasetError(f"slicerio/data/CTChest4.nrrd cannot be read ({e}); reinstall slicerio "
+                               "(pip install --force-reinstall slicerio)") from e
         seg = slicerio.read_segmentation(str(seg_path))
-    ct_m = _ijk_to_lps(ct_header)
+    ct = ct_volume.array
+    ct_m = _ct_ijk_to_lps(ct_volume.affine)
     seg_m = np.asarray(seg["ijkToLPS"], dtype=float)
     names = tuple(s.get("name", "") for s in seg["segments"])
     missing = [n for n in SEGMENT_TO_CLASS if n not in names]

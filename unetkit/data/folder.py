@@ -1,4 +1,5 @@
-"""Folder datasets: ``images/`` + ``masks/`` matched by file stem, validated up front.
+"""Folder datasets: ``images/`` + ``masks/`` matched by file stem (:mod:`unetkit.data.pairing`), validated
+up front.
 
 Layouts (``DIR`` is the dataset folder)::
 
@@ -26,6 +27,10 @@ from PIL import Image
 from .base import SegmentationDataset
 from .classes import Color, default_colors, default_names, read_class_file
 from .errors import DatasetError
+from .pairing import Pairing, describe_rules, index_by_name, pair_by_name, rel
+from .splits import split_indices, split_items
+
+__all__ = ["FolderDataset", "FolderScan", "load_folder", "scan_folder", "split_indices", "split_items"]
 from .io import (
     IMAGE_EXTENSIONS,
     ImageInfo,
@@ -72,50 +77,31 @@ class FolderScan:
     cached: bool
     val_source: str  # "folder", "fraction" or "none"
     color_lut: dict[int, int] | None = field(default=None, repr=False)
-
-
-def _rel(root: Path, p: Path) -> str:
-    try:
-        return p.relative_to(root).as_posix()
-    except ValueError:
-        return str(p)
+    pairing_rule: str = ""  # how masks were paired with images, e.g. "masks paired by the suffix _mask"
 
 
 def _list_images(root: Path, folder: Path) -> dict[str, Path]:
-    """Supported image files directly inside ``folder`` by stem (hidden files skipped)."""
-    files: dict[str, Path] = {}
-    for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or not p.is_file() or p.suffix.lower() not in IMAGE_EXTENSIONS:
-            continue
-        if p.stem in files:
-            raise DatasetError(f"{_rel(root, files[p.stem])} and {_rel(root, p)} share the stem '{p.stem}'; "
-                               "rename or remove one so each image has exactly one mask")
-        files[p.stem] = p
-    return files
+    """Supported image files directly inside ``folder`` by (normalised) stem; hidden files skipped."""
+    files = [p for p in sorted(folder.iterdir()) if not p.name.startswith(".") and p.is_file()
+             and p.suffix.lower() in IMAGE_EXTENSIONS]
+    return index_by_name(root, files, lambda p: p.stem, "share the stem",
+                         "rename or remove one so each image has exactly one mask")
 
 
-def _pair_folder(root: Path, img_dir: Path, mask_dir: Path) -> list[_Pair]:
+def _pair_folder(root: Path, img_dir: Path, mask_dir: Path) -> tuple[list[_Pair], Pairing]:
     if not mask_dir.is_dir():
-        raise DatasetError(f"{_rel(root, mask_dir)}/ not found next to {_rel(root, img_dir)}/; put one mask per "
+        raise DatasetError(f"{rel(root, mask_dir)}/ not found next to {rel(root, img_dir)}/; put one mask per "
                            "image there with the same file stem (see docs/data.md)")
     images = _list_images(root, img_dir)
-    masks = _list_images(root, mask_dir)
-    rel_img, rel_mask = _rel(root, img_dir), _rel(root, mask_dir)
     if not images:
-        raise DatasetError(f"{rel_img}/ contains no images (supported: {' '.join(IMAGE_EXTENSIONS)}); "
+        raise DatasetError(f"{rel(root, img_dir)}/ contains no images (supported: {' '.join(IMAGE_EXTENSIONS)}); "
                            "add images or point to the right folder")
-    for stem, p in images.items():
-        if stem not in masks:
-            raise DatasetError(f"{_rel(root, p)} has no mask in {rel_mask}/ (expected {rel_mask}/{stem}.png); "
-                               "add it or remove the image")
-    for stem, p in masks.items():
-        if stem not in images:
-            raise DatasetError(f"{_rel(root, p)} has no image in {rel_img}/ (expected {rel_img}/{stem}.*); "
-                               "add it or remove the mask")
-    return [_Pair(s, images[s], masks[s], _rel(root, images[s]), _rel(root, masks[s])) for s in sorted(images)]
+    pairing = pair_by_name(root, img_dir, mask_dir, images, _list_images(root, mask_dir))
+    return [_Pair(m.stem, m.image, m.mask, rel(root, m.image), rel(root, m.mask)) for m in pairing.matches], pairing
 
 
-def _layout(root: Path) -> tuple[list[_Pair], list[_Pair] | None]:
+def _layout(root: Path) -> tuple[list[_Pair], list[_Pair] | None, str]:
+    """``(train pairs, val pairs or None, pairing rule)`` of a dataset folder."""
     if not root.exists():
         raise DatasetError(f"{root} does not exist; pass a dataset folder (with images/ and masks/) "
                            "or a built-in dataset name")
@@ -128,39 +114,15 @@ def _layout(root: Path) -> tuple[list[_Pair], list[_Pair] | None]:
     else:
         raise DatasetError(f"{root} has no images/ folder; expected {root}/images + {root}/masks "
                            "(or train/images + train/masks, optional val/images + val/masks)")
-    train = _pair_folder(root, *train_dirs)
+    train, pairing = _pair_folder(root, *train_dirs)
+    pairings = [pairing]
     val = None
     if (root / "val" / "images").is_dir():
-        val = _pair_folder(root, root / "val" / "images", root / "val" / "masks")
+        val, val_pairing = _pair_folder(root, root / "val" / "images", root / "val" / "masks")
+        pairings.append(val_pairing)
     elif (root / "val" / "masks").is_dir():
         raise DatasetError(f"{root}/val/masks exists but {root}/val/images does not; add val/images or remove val/")
-    return train, val
-
-
-def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Deterministic (train, val) index lists for ``n`` samples: a seeded permutation, both sorted.
-
-    ``round(n * val_fraction)`` validation samples, at least 1 when ``val_fraction > 0`` and ``n >= 2``,
-    and always at least one training sample.
-    """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    n_val = int(round(n * val_fraction))
-    if val_fraction > 0 and n >= 2:
-        n_val = max(1, n_val)
-    n_val = min(n_val, n - 1) if n >= 1 else 0
-    perm = np.random.default_rng(seed).permutation(n)
-    return sorted(perm[n_val:].tolist()), sorted(perm[:n_val].tolist())
-
-
-def split_items(items: list, val: list | None, val_fraction: float, seed: int) -> tuple[list, list, str]:
-    """``(train, val, source)``: an explicit ``val`` list as it is (source ``"folder"``), else a seeded
-    :func:`split_indices` of ``items`` (``"fraction"``, or ``"none"`` when nothing is held out)."""
-    if val is not None:
-        return items, val, "folder"
-    tr, va = split_indices(len(items), val_fraction, seed)
-    held = [items[i] for i in va]
-    return [items[i] for i in tr], held, "fraction" if held else "none"
+    return train, val, describe_rules(pairings)
 
 
 def _read_pair(pair: _Pair) -> None:
@@ -283,7 +245,8 @@ def scan_folder(
     it fits :data:`AUTO_CACHE_BYTES`). Raises :class:`DatasetError` on the first problem, in file order.
     """
     root = Path(root)
-    train_pairs, val_pairs, val_source = split_items(*_layout(root), val_fraction, seed)
+    train_all, val_all, pairing_rule = _layout(root)
+    train_pairs, val_pairs, val_source = split_items(train_all, val_all, val_fraction, seed)
     pairs = train_pairs + val_pairs
     names_file, colors_file, class_file = read_class_file(root)
     threads = num_threads or min(8, (os.cpu_count() or 1) + 2)
@@ -395,7 +358,7 @@ def scan_folder(
     return FolderScan(root=root, train=train_pairs, val=val_pairs, num_classes=num_classes,
                       in_channels=in_channels, class_names=list(class_names), class_colors=list(class_colors),
                       ignore_index=ignore_index, binary=binary, cached=cached, val_source=val_source,
-                      color_lut=lut or None)
+                      color_lut=lut or None, pairing_rule=pairing_rule)
 
 
 class FolderDataset(SegmentationDataset):
@@ -403,7 +366,7 @@ class FolderDataset(SegmentationDataset):
 
     Build both splits at once (one validation pass) with :func:`load_folder` or
     :func:`unetkit.data.get_datasets`; ``FolderDataset(root, split=...)`` scans on its own.
-    Extra attributes: ``root``, ``binary``, ``cached``.
+    Extra attributes: ``root``, ``binary``, ``cached``, ``pairing_rule`` (see :attr:`FolderScan.pairing_rule`).
     """
 
     def __init__(
@@ -430,6 +393,7 @@ class FolderDataset(SegmentationDataset):
         self.root = scan.root
         self.binary = scan.binary
         self.cached = scan.cached
+        self.pairing_rule = scan.pairing_rule
         self._color_lut = scan.color_lut
         self._pairs = pairs
         super().__init__(
