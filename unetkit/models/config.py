@@ -10,6 +10,7 @@ option means adding a field here and using it in :class:`unetkit.UNet`.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
