@@ -39,6 +39,7 @@ from .data.config import DataConfig
 from .data.config import field_names as data_field_names
 from .data.preprocess import Normalization
 from .data.registry import open_datasets, open_test_set
+from .data.volume_dataset import as_cases
 from .data.volumes import VolumeSettings
 from .models import UNet
 
@@ -88,7 +89,7 @@ class DataInfo:
     std: tuple[float, ...]
     ignore_index: int = 255
     clip: tuple[tuple[float, float], ...] | None = None
-    patch_size: tuple[int, int] | None = None
+    patch_size: tuple[int, ...] | None = None  # (H, W), or (D, H, W) for a 3D network
     volume: VolumeSettings | None = None  # models trained on volumes: how scans become slices
 
     @classmethod
@@ -97,7 +98,7 @@ class DataInfo:
         norm = ds.normalization
         return cls(ds.num_classes, ds.in_channels, list(ds.class_names), [tuple(c) for c in ds.class_colors],
                    norm.mean, norm.std, ds.ignore_index, norm.clip,
-                   None if patch_size is None else (int(patch_size[0]), int(patch_size[1])),
+                   None if patch_size is None else tuple(int(v) for v in patch_size),
                    getattr(ds, "settings", None))
 
     @classmethod
@@ -111,7 +112,7 @@ class DataInfo:
         volume = plan.get("volume")
         return cls(int(mc["num_classes"]), int(mc["in_channels"]), list(classes["names"]),
                    [tuple(int(v) for v in c) for c in classes["colors"]], norm.mean, norm.std,
-                   data.ignore_index, norm.clip, (int(plan["patch_size"][0]), int(plan["patch_size"][1])),
+                   data.ignore_index, norm.clip, tuple(int(v) for v in plan["patch_size"]),
                    None if volume is None else VolumeSettings.from_dict(volume))
 
     @property
@@ -135,7 +136,7 @@ class DataInfo:
                    tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"]),
                    int(d.get("ignore_index", 255)),
                    None if clip is None else tuple((float(lo), float(hi)) for lo, hi in clip),
-                   None if patch is None else (int(patch[0]), int(patch[1])),
+                   None if patch is None else tuple(int(v) for v in patch),
                    None if volume is None else VolumeSettings.from_dict(volume))
 
 
@@ -180,14 +181,23 @@ def checkpoint_datasets(ckpt: dict[str, Any], data: str | None = None, **overrid
     must equal the model's.
     """
     spec, kw = checkpoint_data(ckpt, data, **overrides)
-    return open_datasets(spec, **kw)
+    train, val = open_datasets(spec, **kw)
+    if _is_3d(ckpt):
+        train, val = as_cases(train), (None if val is None else as_cases(val))
+    return train, val
 
 
 def checkpoint_test_set(ckpt: dict[str, Any], data: str | None = None, **overrides: Any) -> Any:
     """Every image of ``data`` (default: the training folder) as one dataset, preprocessed as the checkpoint was
     trained: a test set scored whole."""
     spec, kw = checkpoint_data(ckpt, data, **overrides)
-    return open_test_set(spec, kw["normalization"], kw["volume"])
+    ds = open_test_set(spec, kw["normalization"], kw["volume"])
+    return as_cases(ds) if _is_3d(ckpt) else ds
+
+
+def _is_3d(ckpt: dict[str, Any]) -> bool:
+    """A 3D network, whose samples are whole cases."""
+    return int(ckpt["model_config"].get("spatial_dims", 2)) == 3
 
 
 def checkpoint_data(ckpt: dict[str, Any], data: str | None = None, **overrides: Any

@@ -191,7 +191,8 @@ def evaluate(predictor: Predictor, dataset: Dataset, *, loss_fn: nn.Module | Non
     wanted = set(keep)
     kept: dict[int, torch.Tensor] = {}
     metrics = SegmentationMetrics(num_classes, ignore_index=ignore_index, device=device)
-    bf1 = BoundaryF1(num_classes, ignore_index=ignore_index) if boundary else None
+    planar = getattr(dataset, "spatial_dims", 2) == 2  # Boundary F1 is a 2D measure; volumes get HD95 and NSD
+    bf1 = BoundaryF1(num_classes, ignore_index=ignore_index) if boundary and planar else None
     loss_mean = MeanMetric(device)
     images_seen = MeanMetric(device)  # its total weight counts the images
 
@@ -245,8 +246,13 @@ def evaluate(predictor: Predictor, dataset: Dataset, *, loss_fn: nn.Module | Non
 
 def _collect(per_case: Any, dataset: Any, open_cases: dict[int, dict[int, tuple[torch.Tensor, torch.Tensor]]],
              index: int, labels: torch.Tensor, truth: torch.Tensor) -> None:
-    """Keep slice ``index``'s prediction; once its case is complete, score the case and free its slices."""
+    """Keep slice ``index``'s prediction; once its case is complete, score the case and free its slices (a 3D
+    sample is a whole case, scored at once)."""
     c = dataset.case_of[index]
+    if labels.ndim == 3:
+        case = dataset.cases[c]
+        per_case.update(case.name, labels.numpy(), truth.cpu().numpy(), case.spacing)
+        return
     slices = open_cases.setdefault(c, {})
     slices[dataset.slice_of[index]] = (labels, truth.cpu())
     case = dataset.cases[c]

@@ -88,10 +88,14 @@ def run(args: argparse.Namespace) -> int:
     split = args.split or default_split(ckpt, data)
     ds = dataset_for(ckpt, data, split, **overrides)
     result = evaluate(predictor, ds, boundary=args.boundary)
-    scored = (f"{len(ds.cases)} volumes ({result.images} slices)" if hasattr(ds, "cases")
-              else f"{result.images} images")
+    if getattr(ds, "spatial_dims", 2) == 3:
+        scored = f"{len(ds.cases)} volumes, {result.pixels:,} voxels"
+    elif hasattr(ds, "cases"):
+        scored = f"{len(ds.cases)} volumes ({result.images} slices), {result.pixels:,} pixels"
+    else:
+        scored = f"{result.images} images, {result.pixels:,} pixels"
     source = data or checkpoint_data_config(ckpt).source
-    print(f"{ckpt['path']} on {source} ({split} split): scored {scored}, {result.pixels:,} pixels "
+    print(f"{ckpt['path']} on {source} ({split} split): scored {scored} "
           f"({predictor.describe()}; {predictor.tiling()})")
     print(result.table())
     if args.json:

@@ -42,7 +42,7 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
         if f.name == "data":
             add_data_options(p)
         elif f.name == "model":
-            add_model_options(p, suppress=True, skip=DATA_MODEL_FIELDS, defaults=defaults.model)
+            add_model_options(p, suppress=True, skip=(*DATA_MODEL_FIELDS, "spatial_dims"), defaults=defaults.model)
         else:
             if f.name in GROUPS:
                 group = p.add_argument_group(GROUPS[f.name])

@@ -155,6 +155,8 @@ def describe_split(train: SegmentationDataset, val: SegmentationDataset | None) 
     cases = getattr(train, "cases", None)
     if cases is not None:
         v_cases = len(getattr(val, "cases", [])) if val is not None else 0
+        if getattr(train, "spatial_dims", 2) == 3:  # the samples are the cases themselves
+            return f"{len(cases)} train / {v_cases} val cases (whole volumes)"
         return f"{len(cases)} train / {v_cases} val cases ({len(train)} / {n_val} slices)"
     return f"{len(train)} train / {n_val} val images"
 

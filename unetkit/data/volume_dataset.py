@@ -84,3 +84,59 @@ def load_volumes(root: str | os.PathLike, **options: Any) -> tuple[VolumeSliceDa
     train = VolumeSliceDataset(scan, "train")
     val = VolumeSliceDataset(scan, "val") if scan.val else None
     return train, val
+
+
+class VolumeCaseDataset(VolumeSliceDataset):
+    """The cases of one split of a volume folder as 3D samples, for a 3D UNet: ``dataset[i]`` is case ``i``.
+
+    Images are ``(1, S, H, W)`` float32 in stored units on the slice grid (slices along the planned axis,
+    resampled in-plane as for 2D training), masks ``(S, H, W)``; ``image_size`` is ``(S, H, W)``, so
+    :class:`~unetkit.data.patches.PatchDataset` cuts 3D patches from it. ``case_of``/``slice_of`` map each
+    sample to its case (itself) and ``slice_of`` to 0, so per-case metrics see whole cases.
+    """
+
+    spatial_dims = 3
+
+    def __init__(self, scan: VolumeScan, split: str = "train") -> None:
+        if scan.settings.context:
+            raise ValueError(f"{scan.root}: a 3D network sees neighbouring slices itself; drop --context "
+                             f"{scan.settings.context} (2.5D context is for 2D networks)")
+        super().__init__(scan, split)
+        self.case_of = list(range(len(self.cases)))
+        self.slice_of = [0] * len(self.cases)
+        self.names = [c.name for c in self.cases]
+        self.image_paths = [c.rel_image for c in self.cases]
+        self.mask_paths = [c.rel_mask for c in self.cases]
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def _load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        image, mask = self._case_data(self.cases[index])
+        return image[None], mask
+
+    def image_size(self, index: int) -> tuple[int, int, int]:  # type: ignore[override]
+        return tuple(self.cases[index].shape)  # type: ignore[return-value]
+
+    def normalize(self, image01: Any) -> Any:
+        """The normalisation of a ``(C, S, H, W)`` case or patch."""
+        return self.normalization.apply(image01.as_subclass(type(image01))[None])[0]
+
+    def case_slices(self, case_index: int) -> range:
+        return range(case_index, case_index + 1)
+
+
+def as_cases(dataset: VolumeSliceDataset) -> VolumeCaseDataset:
+    """The same split's cases as 3D samples, sharing the slice dataset's scan, normalisation and transform."""
+    if dataset.settings.context:
+        raise ValueError(f"{dataset.root}: a 3D network sees neighbouring slices itself; drop --context "
+                         f"{dataset.settings.context} (2.5D context is for 2D networks)")
+    cases = VolumeCaseDataset.__new__(VolumeCaseDataset)
+    cases.__dict__.update(dataset.__dict__)
+    cases.in_channels = 1
+    cases.case_of = list(range(len(dataset.cases)))
+    cases.slice_of = [0] * len(dataset.cases)
+    cases.names = [c.name for c in dataset.cases]
+    cases.image_paths = [c.rel_image for c in dataset.cases]
+    cases.mask_paths = [c.rel_mask for c in dataset.cases]
+    return cases

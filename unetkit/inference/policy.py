@@ -48,7 +48,7 @@ def prepare_inference(model: torch.nn.Module, example: torch.Tensor, fuse: bool 
     if fuse:
         fuse_conv_bn(model, example)
     cl = preferred_channels_last(example.device, "infer") if channels_last is None else channels_last
-    if cl:
+    if cl and example.ndim == 4:  # channels_last is a 2D layout (volumes keep theirs)
         model = model.to(memory_format=torch.channels_last)
         example = example.contiguous(memory_format=torch.channels_last)
     else:

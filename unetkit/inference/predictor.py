@@ -53,7 +53,7 @@ class Predictor:
     """
 
     def __init__(self, model: Model, info: DataInfo, *, device: str | torch.device = "auto",
-                 amp: str | torch.dtype | None = "auto", tile: int | tuple[int, int] | None = None,
+                 amp: str | torch.dtype | None = "auto", tile: int | tuple[int, ...] | None = None,
                  overlap: float = 0.5, tta: bool = False, batch_size: int = 16, fast: bool = False) -> None:
         if not 0 <= overlap < 1:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
@@ -67,7 +67,7 @@ class Predictor:
                                                                else amp)
         if isinstance(tile, int):
             tile = (tile, tile)
-        self.tile: tuple[int, int] | None = tuple(tile) if tile is not None else info.patch_size  # type: ignore[assignment]
+        self.tile: tuple[int, ...] | None = tuple(tile) if tile is not None else info.patch_size
         self.overlap, self.tta, self.batch_size = overlap, tta, batch_size
         self.pad_value = info.normalization.pad_value() if self.tile is not None else None
         if fast and not self.onnx:
@@ -118,7 +118,7 @@ class Predictor:
         """How images are covered, e.g. ``64x64 windows, 50 % overlap`` or ``whole images``."""
         if self.tile is None:
             return "whole images"
-        return (f"{self.tile[0]}x{self.tile[1]} windows, {100 * self.overlap:.0f} % overlap"
+        return (f"{'x'.join(map(str, self.tile))} windows, {100 * self.overlap:.0f} % overlap"
                 + (", flip TTA" if self.tta else ""))
 
     # ----------------------------------------------------------------- applying it

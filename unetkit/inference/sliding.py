@@ -80,7 +80,8 @@ def model_stride(model: Any) -> int | tuple[int, ...]:
     stride = getattr(model, "stride", None)
     if isinstance(stride, (int, tuple)):
         return stride
-    reductions = getattr(getattr(model, "encoder", None), "reductions", None)
+    encoder = getattr(model, "encoder", None)
+    reductions = getattr(encoder, "axis_reductions", None) or getattr(encoder, "reductions", None)
     if not reductions:
         return 1
     last = reductions[-1]

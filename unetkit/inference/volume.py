@@ -5,7 +5,9 @@ model's slice axis, resampled in-plane to its spacing, neighbours stacked as cha
 as in training. Slices are predicted in batches (with the model's sliding window where a slice is larger
 than the training patch); class probabilities are resized back to the scan's own in-plane grid before the
 argmax, and the labels are reassembled on the scan's voxel grid, so the written label volume has the scan's
-geometry exactly (:func:`unetkit.data.volume_io.write_label_volume`).
+geometry exactly (:func:`unetkit.data.volume_io.write_label_volume`). A 3D model sees the slice stack as one
+volume through 3D sliding windows (Gaussian-blended, flips along every axis with ``tta``); its probabilities
+go back to the scan's grid a few slices at a time, so memory is the probabilities of the scan plus a chunk.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch.nn.functional as F
 from ..checkpoint import DataInfo
 from ..data.volumes import VolumeSettings, stack_context, volume_slices
 from ..models.outputs import probs_to_labels
-from .sliding import Model, predict
+from .sliding import Model, model_spatial_dims, predict
 
 if TYPE_CHECKING:
     from ..data.volume_io import Volume
@@ -50,6 +52,19 @@ def predict_volume(model: Model, volume: Volume, info: DataInfo, *, tile_size: t
     norm = info.normalization
     tile = tile_size if tile_size is not None else info.patch_size
     pad = norm.pad_value() if tile is not None else None
+    if model_spatial_dims(model) == 3:  # the whole scan through 3D sliding windows
+        x = norm.apply(torch.from_numpy(np.ascontiguousarray(shw))[None, None])
+        probs = predict(model, x, tile_size=tile, overlap=overlap, tta=tta, output="probs", batch_size=batch_size,
+                        pad_value=pad, autocast_dtype=autocast_dtype, spatial_dims=3)[0]
+        del x
+        for start in range(0, shw.shape[0], batch_size):  # back to the scan's in-plane grid, a few slices at a time
+            chunk = probs[:, start:start + batch_size].transpose(0, 1)
+            if tuple(chunk.shape[-2:]) != native:
+                chunk = F.interpolate(chunk, size=native, mode="bilinear", align_corners=False)
+            out[start:start + chunk.shape[0]] = probs_to_labels(chunk).cpu().numpy()
+            if progress is not None:
+                progress(chunk.shape[0])
+        return np.ascontiguousarray(np.moveaxis(out, 0, axis))
     for start in range(0, shw.shape[0], batch_size):
         stop = min(shw.shape[0], start + batch_size)
         x = torch.from_numpy(np.stack([stack_context(shw, i, settings.context) for i in range(start, stop)]))

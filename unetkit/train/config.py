@@ -47,9 +47,12 @@ class TrainConfig:
     # model
     model: UNetConfig = field(default_factory=UNetConfig, metadata={"help": "the model's options"})
     # plan: None = decided from the data
-    patch_size: tuple[int, int] | None = option(None, "training patch size, one or two numbers (H W) "
-                                                      "(default: planned)")
+    patch_size: tuple[int, ...] | None = option(None, "training patch size, one or two numbers (H W), three for "
+                                                        "a 3D network (D H W) (default: planned)")
     batch_size: int | None = option(None, "patches per step per process (default: planned)")
+    spatial_dims: int | None = option(None, "volumes: 2 (a 2D network on slices, 2.5D with --context) or 3 (a 3D "
+                                            "UNet on volume patches) (default: planned from the cases' spacing "
+                                            "and shape)", (None, 2, 3))
     normalization: str | None = option(None, "zscore (dataset mean/std), percentile (clip to the 0.5-99.5 "
                                              "percentiles, then z-score), ct (the same over the voxels inside "
                                              "the labels, as nnU-Net) or imagenet (default: planned)",
@@ -142,8 +145,9 @@ class TrainConfig:
         for name in data_field_names():
             if name in d and name != "source":
                 data[name] = d.pop(name)
+        own = {f.name for f in dataclasses.fields(cls)}
         for name in model_field_names():
-            if name in d and name not in DATA_MODEL_FIELDS:
+            if name in d and name not in DATA_MODEL_FIELDS and name not in own:
                 model[name] = d.pop(name)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
@@ -193,8 +197,9 @@ class TrainConfig:
             ps = tuple(int(v) for v in self.patch_size)
             if len(ps) == 1:
                 ps = (ps[0], ps[0])
-            if len(ps) != 2 or min(ps) < 1:
-                raise ValueError(f"{where}: patch_size takes one or two positive numbers, not {self.patch_size}")
+            if len(ps) not in (2, 3) or min(ps) < 1:
+                raise ValueError(f"{where}: patch_size takes one, two or three (3D: D H W) positive numbers, not "
+                                 f"{self.patch_size}")
             self.patch_size = ps  # type: ignore[assignment]
         if self.time is not None:
             parse_duration(self.time, where)

@@ -98,7 +98,12 @@ class RunOutputs:
             labels = (kept or {}).get(i)
             if labels is None:
                 labels = predictor.predict_tensor(image.to(self.dist.device)).cpu()
-            img = self.val_ds.denormalize(image)
+            if image.ndim == 4:  # a 3D case: show its slice with the most foreground
+                s = int(((mask > 0) & (mask != self.val_ds.ignore_index)).flatten(1).sum(1).argmax())
+                image, mask, labels = image[:, s], mask[s], labels[s]
+                img = self.val_ds.normalization.display(image)
+            else:
+                img = self.val_ds.denormalize(image)
             settings = getattr(self.val_ds, "settings", None)
             if settings is not None and settings.context:  # 2.5D: show the slice itself, not its neighbours
                 img = img[settings.context:settings.context + 1]

@@ -79,6 +79,10 @@ class Plan:
     volume: dict[str, Any] | None = None  # volumes: VolumeSettings.to_dict() (slice axis, context, spacing)
     val_every: int | None = None  # validate every N epochs (and always at the end)
     augment: str | None = None  # what augmentation training applies (its reason in reasons["augment"])
+    spatial_dims: int = 2  # 3: a 3D UNet on volume patches (patch_size (D, H, W)); see train/plan3d.py
+    strides: list[list[int]] | None = None  # 3D: per-stage pool strides (D, H, W)
+    kernel_sizes: list[list[int]] | None = None  # 3D: per-stage conv kernel sizes
+    norm_layer: str | None = None  # 3D: the network's normalisation layers (instance)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -91,7 +95,9 @@ class Plan:
                 "loss": self.loss, "class_weights": self.class_weights, "epochs": self.epochs,
                 "max_steps": self.max_steps, "time_budget_s": self.time_budget_s,
                 "samples_per_epoch": self.samples_per_epoch, "reasons": dict(self.reasons),
-                "volume": self.volume, "val_every": self.val_every, "augment": self.augment}
+                "volume": self.volume, "val_every": self.val_every, "augment": self.augment,
+                "spatial_dims": self.spatial_dims, "strides": self.strides, "kernel_sizes": self.kernel_sizes,
+                "norm_layer": self.norm_layer}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Plan:
@@ -129,8 +135,15 @@ class Plan:
         if self.volume is not None:
             from ..data.volumes import VolumeSettings
 
-            rows.insert(0, ("slices", VolumeSettings.from_dict(self.volume).describe()))
-            keys.insert(0, "volume")
+            network = ("3D UNet on volume patches" if self.spatial_dims == 3 else
+                       "2D UNet on slices" + (" with context" if self.volume.get("context") else ""))
+            rows.insert(0, ("network", network))
+            keys.insert(0, "spatial_dims")
+            rows.insert(1, ("slices", VolumeSettings.from_dict(self.volume).describe()))
+            keys.insert(1, "volume")
+        if self.norm_layer is not None:
+            rows.append(("norm layers", self.norm_layer))
+            keys.append("norm_layer")
         w1 = max(len(r[0]) for r in rows)
         w2 = max(len(r[1]) for r in rows)
         return "\n".join(f"{a:<{w1}}  {b:<{w2}}  {self.reasons.get(k, '')}".rstrip()
@@ -333,15 +346,13 @@ def plan_length(cfg: TrainConfig, samples: int, batch: int, device: torch.device
             f"{format_duration(budget)} (--time or --epochs to change)")
 
 
-def validation_windows(val: Any, patch: tuple[int, int]) -> int:
-    """Forward passes of one validation: sliding windows of the patch size (50 % overlap) per image."""
+def validation_windows(val: Any, patch: tuple[int, ...]) -> int:
+    """Forward passes of one validation: sliding windows of the patch size (50 % overlap) per image (case)."""
     from ..inference import tile_starts
 
-    ph, pw = patch
     total = 0
     for i in range(len(val)):
-        h, w = val.image_size(i)
-        total += len(tile_starts(max(h, ph), ph, 0.5)) * len(tile_starts(max(w, pw), pw, 0.5))
+        total += math.prod(len(tile_starts(max(n, p), p, 0.5)) for n, p in zip(val.image_size(i), patch))
     return total
 
 
@@ -364,8 +375,13 @@ def plan_validation(cfg: TrainConfig, val: Any, plan: Plan) -> tuple[int, str]:
 def model_config(cfg: TrainConfig, plan: Plan, train: Any) -> UNetConfig:
     """The model a run builds: ``cfg.model`` with the planned depth and width and the data's classes and
     channels (``cfg`` itself is left as given)."""
-    return cfg.model.replace(depth=plan.depth, base_channels=plan.base_channels, num_classes=train.num_classes,
-                             in_channels=train.in_channels)
+    model = cfg.model.replace(depth=plan.depth, base_channels=plan.base_channels, num_classes=train.num_classes,
+                              in_channels=train.in_channels)
+    if plan.spatial_dims == 3:
+        model = model.replace(spatial_dims=3, norm=plan.norm_layer or model.norm,
+                              strides=tuple(tuple(s) for s in plan.strides or ()) or None,
+                              kernel_sizes=tuple(tuple(k) for k in plan.kernel_sizes or ()) or None)
+    return model
 
 
 def load_data(cfg: TrainConfig, norm: Normalization | None = None, augment: Any = None,
@@ -397,7 +413,35 @@ def load_and_plan(cfg: TrainConfig, device: torch.device | str = "cpu", augment:
     if settings is not None:  # a volume folder: how its scans became slices is part of the plan
         plan.volume = settings.to_dict()
         plan.reasons["volume"] = train.spacing_reason
+        from .plan3d import choose_spatial_dims, plan_3d
+
+        dims, plan.reasons["spatial_dims"] = choose_spatial_dims(cfg, train)
+        if dims == 3:
+            train, val = as_planned(train, val, 3, augment)
+            plan = plan_3d(plan, cfg, train, device, plan.reasons["spatial_dims"])
+            if val is not None:
+                plan.val_every, plan.reasons["val_every"] = plan_validation(cfg, val, plan)
+    elif cfg.spatial_dims == 3 or cfg.model.spatial_dims == 3:
+        raise ValueError(f"{cfg.data.source}: --spatial-dims 3 trains on volumes (NIfTI, NRRD, MetaImage, DICOM "
+                         "folders); this data holds 2D images")
     for d in (train, val):
         if d is not None:
             d.set_normalization(plan.norm)
     return train, val, fp, plan
+
+
+def as_planned(train: Any, val: Any, spatial_dims: int, augment: Any = None) -> tuple[Any, Any]:
+    """The splits as the plan trains on them: slices (2D) as they are, or the cases as 3D samples with the
+    3D augmentation of ``augment`` (an :class:`~unetkit.data.AugmentConfig`)."""
+    if spatial_dims != 3:
+        return train, val
+    from ..data.transforms3d import build_transforms_3d
+    from ..data.volume_dataset import as_cases
+
+    cases = as_cases(train)
+    cases.transform = build_transforms_3d(augment, train.ignore_index)
+    val_cases = None
+    if val is not None:
+        val_cases = as_cases(val)
+        val_cases.transform = None
+    return cases, val_cases

@@ -26,7 +26,7 @@ from ..data.patches import PatchDataset
 from ..models import UNet
 from .config import TrainConfig
 from .distributed import DistInfo
-from .plan import Plan, load_and_plan, load_data, model_config, plan_length
+from .plan import Plan, as_planned, load_and_plan, load_data, model_config, plan_length
 
 
 def augment_config(cfg: TrainConfig) -> AugmentConfig | None:
@@ -95,6 +95,7 @@ def data_and_plan(cfg: TrainConfig, ckpt: dict[str, Any] | None, device: torch.d
     if ckpt is not None and "plan" in ckpt:
         plan = Plan.from_dict(ckpt["plan"])
         train, val = load_data(cfg, plan.norm, augment_config(cfg), plan.volume)
+        train, val = as_planned(train, val, plan.spatial_dims, augment_config(cfg))
         if cfg.epochs is not None or cfg.time is not None:  # a longer run asked for on resume
             plan.max_steps, plan.time_budget_s, plan.reasons["length"] = plan_length(
                 cfg, plan.samples_per_epoch, plan.batch_size, device)
@@ -118,12 +119,17 @@ def build_model(cfg: TrainConfig, plan: Plan, train: SegmentationDataset, ckpt: 
     if cfg.sync_bn and dist.enabled:
         module = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     module.to(dist.device)
-    if cfg.channels_last:
+    if channels_last(cfg, plan):
         module.to(memory_format=torch.channels_last)
     if dist.enabled:
         module = DistributedDataParallel(module, device_ids=[dist.device.index] if dist.device.type == "cuda"
                                          else None)
     return model, module
+
+
+def channels_last(cfg: TrainConfig, plan: Plan) -> bool:
+    """Whether training runs in channels_last (asked for, and a 2D network)."""
+    return cfg.channels_last and plan.spatial_dims == 2
 
 
 @dataclass

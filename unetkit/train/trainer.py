@@ -40,7 +40,7 @@ from .report import (
     TensorBoardLog,
     write_metrics_csv,
 )
-from .setup import build_batches, build_model, data_and_plan, default_run_dir, resolve_options
+from .setup import build_batches, build_model, channels_last, data_and_plan, default_run_dir, resolve_options
 
 
 class TrainingError(RuntimeError):
@@ -103,6 +103,7 @@ class Trainer(RunOutputs):
 
         self.train_ds, self.val_ds, self.fingerprint, self.plan = data_and_plan(cfg, ckpt, dev)
         plan, ds = self.plan, self.train_ds
+        self.channels_last = channels_last(cfg, plan)
         model, self.model = build_model(cfg, plan, ds, ckpt, self.dist)
         self.classes = {"names": list(ds.class_names), "colors": [list(c) for c in ds.class_colors]}
         self.info = DataInfo.from_dataset(ds, plan.patch_size)  # what inference needs (Predictor)
@@ -194,7 +195,7 @@ class Trainer(RunOutputs):
                 f"{params / 1e6:.2f}M parameters on {self.dist.device} ({amp})"
                 f"{f', {w} processes' if w > 1 else ''}\nglobal batch {plan.batch_size * w * cfg.grad_accum} "
                 f"(= {plan.batch_size}/process x {w} x {cfg.grad_accum} accumulation) of "
-                f"{plan.patch_size[0]}x{plan.patch_size[1]} patches, lr {cfg.lr:g} {cfg.optimizer} + "
+                f"{'x'.join(map(str, plan.patch_size))} patches, lr {cfg.lr:g} {cfg.optimizer} + "
                 f"{cfg.scheduler}, loss {plan.loss}\nplan:\n  " + plan.table().replace("\n", "\n  ")
                 + f"\nrun directory {self.run_dir}")
 
@@ -203,7 +204,7 @@ class Trainer(RunOutputs):
         schedule is the plan's, so which epochs are validated does not depend on the machine's load)."""
         dev = self.dist.device
         x = torch.zeros(self.plan.batch_size, self.train_ds.in_channels, *self.plan.patch_size, device=dev)
-        if self.cfg.channels_last:
+        if channels_last(self.cfg, self.plan):
             x = x.contiguous(memory_format=torch.channels_last)
         with self.autocast():
             fwd = forward_seconds(_unwrap(self.model), x, self.clock)
@@ -264,7 +265,7 @@ class Trainer(RunOutputs):
         for i, (images, masks) in enumerate(self.loader):
             images = images.to(dev, non_blocking=True)
             masks = masks.to(dev, non_blocking=True)
-            if cfg.channels_last:
+            if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             boundary = (i + 1) % cfg.grad_accum == 0 or i + 1 == n
             no_sync = self.model.no_sync() if self.dist.enabled and not boundary else contextlib.nullcontext()
