@@ -39,6 +39,7 @@ from ..data.preprocess import Normalization
 from ..models.encoders.base import IMAGENET_MEAN, IMAGENET_STD
 from ..models.encoders.torchvision_backbones import adapt_normalisation
 from .config import TrainConfig, parse_duration
+from .memory import check_plan_size
 
 #: Patch pixels per training step, per device type (the CPU value: what the demo's 4 x 128 x 128 costs).
 TARGET_PIXELS = {"cpu": 4 * 128 * 128, "cuda": 16 * 256 * 256}
@@ -411,6 +412,7 @@ def load_and_plan(cfg: TrainConfig, device: torch.device | str = "cpu", augment:
     cfg.model = cfg.model.replace(num_classes=train.num_classes, in_channels=train.in_channels)
     fp = fingerprint(train)
     plan = make_plan(fp, cfg, device)
+    check_plan_size(plan, cfg, fp, device)  # refuse sizes that cannot fit before anything is allocated
     if val is not None:
         plan.val_every, plan.reasons["val_every"] = plan_validation(cfg, val, plan)
     settings = getattr(train, "settings", None)
