@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..models.config import UNetConfig, option
 from ..models.config import field_names as model_field_names
+from ..yamlfile import read_yaml
 
 NORMALIZATIONS = ("zscore", "percentile", "ct", "imagenet")
 LOSSES = ("ce", "dice", "ce+dice", "bce", "bce+dice", "focal", "tversky")
@@ -162,10 +161,7 @@ class TrainConfig:
         p = Path(path)
         if not p.is_file():
             raise ValueError(f"{p}: config file not found; pass an existing YAML file to --config")
-        try:
-            d = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"{p}: not valid YAML ({' '.join(str(e).split())})") from e
+        d = read_yaml(p) or {}  # bounded: no aliases, at most 1 MB
         if not isinstance(d, dict):
             raise ValueError(f"{p}: expected a mapping of option: value")
         return cls.from_dict(d, where=str(p))
