@@ -19,6 +19,7 @@ from typing import Any
 from ..models.config import UNetConfig, option
 from ..models.config import field_names as model_field_names
 from ..yamlfile import read_yaml
+from .checks import check_training_values
 
 NORMALIZATIONS = ("zscore", "percentile", "ct", "imagenet")
 LOSSES = ("ce", "dice", "ce+dice", "bce", "bce+dice", "focal", "tversky")
@@ -168,6 +169,7 @@ class TrainConfig:
 
     def validate(self, where: str = "config") -> None:
         """Range checks that types alone do not catch; errors name the option and ``where``."""
+        check_training_values(self, where)  # NaN/inf and ranges of the non-data options
         positive = ("batch_size", "epochs", "val_every", "grad_accum", "num_classes", "in_channels")
         for name in positive:
             v = getattr(self, name)
