@@ -6,7 +6,7 @@ estimates a training step's memory from the run's sizes alone (integers: nothing
 memory the process may use, and refuses a run that cannot fit, naming the option, the value, the
 estimate, the limit and a value that fits.
 
-Rules besides memory (decided here, documented in docs/training.md's words too):
+Rules besides memory (decided here; docs/training.md says the same):
 
 * **depth**: a plain UNet halves the patch ``depth - 1`` times; a depth whose bottleneck would be smaller
   than 1 pixel on an axis of the patch (or, when the patch is planned, of the largest image) is refused
