@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -103,7 +104,38 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
 #: Files and folders a training run writes into its run directory (``--overwrite`` removes only these).
 RUN_FILES = ("config.yaml", "plan.yaml", "metrics.csv", "curves.png", "last.pt", "best.pt", "report.html",
              "metrics.json", "per_case.csv", "samples", "tensorboard")
+#: The files unetkit writes inside each folder of ``RUN_FILES``: only files whose names match are ever removed.
+RUN_FOLDER_FILES = {"samples": re.compile(r"epoch_\d{3,}\.png"),
+                    "tensorboard": re.compile(r"events\.out\.tfevents\.[\w.-]+")}
 LOCK_NAME = ".unetkit.lock"
+
+
+def run_outputs(run_dir: str | Path) -> list[Path]:
+    """The files in ``run_dir`` that an earlier unetkit run wrote: the known file names at the top, and inside
+    ``samples/`` and ``tensorboard/`` only files named as unetkit names them (``epoch_007.png``,
+    ``events.out.tfevents.*``). A user's own files, also inside those folders, are never listed.
+
+    Raises :class:`RunFolderError` when a user's folder sits where unetkit writes a file (``best.pt/``), or a
+    file where it writes a folder (a file named ``samples``): replacing either would destroy the user's data.
+    """
+    run_dir = Path(run_dir)
+    found: list[Path] = []
+    for name in RUN_FILES:
+        target = run_dir / name
+        folder = name in RUN_FOLDER_FILES
+        if not (target.exists() or target.is_symlink()):
+            continue
+        if target.is_symlink() or target.is_dir() != folder:
+            kind = "a link" if target.is_symlink() else "a folder" if target.is_dir() else "a file"
+            raise RunFolderError(f"{target}: {kind} unetkit did not write sits where a run writes its "
+                                 f"{'folder' if folder else 'file'} {name}; move it away or choose another --out")
+        if not folder:
+            found.append(target)
+            continue
+        pattern = RUN_FOLDER_FILES[name]
+        found += sorted(p for p in target.iterdir()
+                        if pattern.fullmatch(p.name) and p.is_file() and not p.is_symlink())
+    return found
 
 
 class RunFolderError(ValueError):
@@ -114,8 +146,9 @@ def claim_run_folder(run_dir: str | Path, *, resume: bool = False, overwrite: bo
     """Make ``run_dir`` this process's run folder; return the lock (keep a reference while the run lasts).
 
     The lock is an OS file lock (``filelock``), so a killed run never leaves it held. A folder that holds
-    an earlier run's files is refused unless ``resume`` (continue it) or ``overwrite`` (its run files are
-    deleted first; other files are left alone). Stale temporaries of killed writes are removed.
+    an earlier run's files is refused unless ``resume`` (continue it) or ``overwrite`` (the files
+    :func:`run_outputs` lists are deleted first; folders and every other file, also inside ``samples/``,
+    are left alone). Stale temporaries of killed writes are removed.
     """
     from filelock import FileLock, Timeout
 
@@ -127,16 +160,20 @@ def claim_run_folder(run_dir: str | Path, *, resume: bool = False, overwrite: bo
     except Timeout:
         raise RunFolderError(f"{run_dir}: another unetkit run is using this run folder; wait for it to finish or "
                              "choose another --out") from None
-    earlier = [name for name in RUN_FILES if (run_dir / name).exists()]
+    try:
+        earlier = run_outputs(run_dir)
+    except RunFolderError:
+        lock.release()
+        raise
     if earlier and not resume:
         if not overwrite:
             lock.release()
-            raise RunFolderError(f"{run_dir}: holds an earlier run ({', '.join(earlier[:3])}...); continue it with "
+            shown = ", ".join(str(p.relative_to(run_dir)) for p in earlier[:3])
+            raise RunFolderError(f"{run_dir}: holds an earlier run ({shown}...); continue it with "
                                  "--resume, replace it with --overwrite, or choose another --out")
-        import shutil
-
-        for name in earlier:
-            target = run_dir / name
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
+        for target in earlier:  # only files unetkit wrote; folders and anything else in them stay
+            target.unlink(missing_ok=True)
+        for name in RUN_FOLDER_FILES:
+            remove_stale_temporaries(run_dir / name)
     remove_stale_temporaries(run_dir)
     return lock

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from .atomic import atomic_write
+from .checkpoint_bounds import check_checkpoint
 from .data.config import DataConfig
 from .data.config import field_names as data_field_names
 from .data.preprocess import Normalization
@@ -147,6 +148,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[UN
     ``model_config`` and every tensor from the file.
     """
     ckpt = read_checkpoint(path)
+    check_checkpoint(ckpt)  # bounds and self-consistency before anything is built
     try:
         model = UNet.from_config(ckpt["model_config"])
         model.load_state_dict(ckpt["model"])

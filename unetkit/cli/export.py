@@ -102,9 +102,11 @@ def run(args: argparse.Namespace) -> int:
     from ..atomic import check_writable
     from ..checkpoint import load_model
     from ..export import export_onnx, quantize_int8
+    from ..export.onnx import check_opset
 
     if args.calib_samples < 1:
         raise CLIError(f"--calib-samples must be >= 1, got {args.calib_samples}")
+    check_opset(args.opset, dynamo=not args.legacy_exporter)
     model, info, ckpt = load_model(args.checkpoint)
     ckpt_path = Path(ckpt["path"])
     out = Path(args.out) if args.out else ckpt_path.with_suffix(".onnx")

@@ -6,8 +6,7 @@ import colorsys
 from collections.abc import Sequence
 from pathlib import Path
 
-import yaml
-
+from ..yamlfile import read_yaml
 from .errors import DatasetError
 
 Color = tuple[int, int, int]
@@ -36,6 +35,9 @@ _BASE_PALETTE: tuple[Color, ...] = (
     (128, 128, 128),
     (90, 255, 180),
 )
+
+#: The longest class name accepted (names are drawn on one line in legends and reports).
+MAX_CLASS_NAME = 128
 
 #: Colour used for ``ignore_index`` pixels when masks are written as palette PNGs.
 IGNORE_COLOR: Color = (255, 255, 255)
@@ -98,11 +100,7 @@ def read_class_file(root: str | Path) -> tuple[list[str] | None, list[Color] | N
 
 def _read_yaml(path: Path) -> tuple[list[str], list[Color] | None, str]:
     fname = path.name
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DatasetError(f"{fname}: not valid YAML ({first}); fix the syntax") from e
+    data = read_yaml(path, name=fname, error=DatasetError)  # bounded: no aliases, at most 1 MB
     colors_raw = None
     if isinstance(data, dict):
         if "names" not in data:
@@ -132,6 +130,12 @@ def _read_yaml(path: Path) -> tuple[list[str], list[Color] | None, str]:
 
 
 def _check_unique(names: list[str], fname: str) -> None:
+    """Refuse repeated names and names over :data:`MAX_CLASS_NAME` characters (legends, reports and
+    tables are drawn with every name on one line: a megabyte name costs gigabytes of pixels)."""
+    for i, n in enumerate(names):
+        if len(n) > MAX_CLASS_NAME:
+            raise DatasetError(f"{fname}: class {i}'s name is {len(n)} characters long, over the limit of "
+                               f"{MAX_CLASS_NAME}; shorten it")
     seen: set[str] = set()
     for n in names:
         if n in seen:

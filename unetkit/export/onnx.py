@@ -32,6 +32,33 @@ class ExportError(RuntimeError):
     """An exported model that does not reproduce the original closely enough."""
 
 
+#: ONNX opsets each exporter writes for a UNet (measured with torch 2.14: the torch.export exporter writes 18
+#: and converts down to 16 at the lowest, silently keeping 18 below that; the TorchScript one needs 9 for
+#: resizing). The highest is what this torch's exporters declare, at most what ONNX Runtime is verified on.
+MIN_OPSET = {True: 16, False: 9}
+MAX_VERIFIED_OPSET = 23
+
+
+def supported_opsets(dynamo: bool = True) -> range:
+    """The opsets :func:`export_onnx` can write with the torch.export (``dynamo``) or TorchScript exporter."""
+    try:
+        from torch.onnx import _constants
+
+        high = int(_constants.ONNX_MAX_OPSET if dynamo else _constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET)
+    except (ImportError, AttributeError):
+        high = 20
+    return range(MIN_OPSET[dynamo], min(high, MAX_VERIFIED_OPSET) + 1)
+
+
+def check_opset(opset: int, dynamo: bool = True) -> None:
+    """Refuse an opset the chosen exporter cannot write (``ValueError`` naming ``--opset`` and the range)."""
+    ok = supported_opsets(dynamo)
+    if opset not in ok:
+        which = "" if dynamo else " with --legacy-exporter"
+        raise ValueError(f"--opset {opset}: the exporter writes opsets {ok.start}..{ok.stop - 1}{which}; "
+                         f"choose one of those")
+
+
 @contextlib.contextmanager
 def quiet_exporter() -> Iterator[None]:
     """Silence the exporters' and quantizers' progress prints and notices (not their errors)."""
@@ -98,6 +125,10 @@ def export_onnx(model: nn.Module, data_info: DataInfo, path: str | Path, opset: 
             check_shapes = ((1, 128, 128), (2, 97, 131)) if nd == 2 else ((1, 32, 32, 32), (1, 37, 50, 45))
         example = torch.randn(1, data_info.in_channels, *(64 if nd == 2 else 32,) * nd, device=device)
         proto = _to_proto(model, example, opset, dynamo)
+        written = next((int(i.version) for i in proto.opset_import if i.domain in ("", "ai.onnx")), opset)
+        if written != opset:  # an exporter that fell back to another opset: say so rather than mislabel it
+            raise ExportError(f"{path}: the exporter wrote opset {written}, not the {opset} asked for; not "
+                              f"written. Use --opset {written}")
         set_metadata(proto, onnx_metadata(data_info, config.to_dict() if config is not None else None))
         onnx.checker.check_model(proto)
         data = proto.SerializeToString()

@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..data.config import DataConfig
 from ..data.config import field_names as data_field_names
 from ..fields import check_value, option
 from ..models.config import UNetConfig
 from ..models.config import field_names as model_field_names
+from ..yamlfile import read_yaml
+from .checks import check_training_values
 
 NORMALIZATIONS = ("zscore", "percentile", "ct", "imagenet")
 LOSSES = ("ce", "dice", "ce+dice", "bce", "bce+dice", "focal", "tversky")
@@ -168,10 +168,7 @@ class TrainConfig:
         p = Path(path)
         if not p.is_file():
             raise ValueError(f"{p}: config file not found; pass an existing YAML file to --config")
-        try:
-            d = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"{p}: not valid YAML ({' '.join(str(e).split())})") from e
+        d = read_yaml(p) or {}  # bounded: no aliases, at most 1 MB
         if not isinstance(d, dict):
             raise ValueError(f"{p}: expected a mapping of option: value")
         return cls.from_dict(d, where=str(p))
@@ -179,6 +176,7 @@ class TrainConfig:
     def validate(self, where: str = "config") -> None:
         """Range checks that types alone do not catch; errors name the option and ``where``."""
         self.data.validate(where)
+        check_training_values(self, where)  # NaN/inf and ranges of the non-data options
         positive = ("batch_size", "epochs", "val_every", "grad_accum")
         for name in positive:
             v = getattr(self, name)

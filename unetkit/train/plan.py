@@ -40,6 +40,7 @@ from ..data.preprocess import Normalization
 from ..models.config import UNetConfig
 from ..models.encoders import encoder_normalisation
 from .config import TrainConfig, parse_duration
+from .memory import check_plan_size
 
 #: Patch pixels per training step, per device type (the CPU value: what the demo's 4 x 128 x 128 costs).
 TARGET_PIXELS = {"cpu": 4 * 128 * 128, "cuda": 16 * 256 * 256}
@@ -424,6 +425,7 @@ def load_and_plan(cfg: TrainConfig, device: torch.device | str = "cpu", augment:
     elif cfg.spatial_dims == 3 or cfg.model.spatial_dims == 3:
         raise ValueError(f"{cfg.data.source}: --spatial-dims 3 trains on volumes (NIfTI, NRRD, MetaImage, DICOM "
                          "folders); this data holds 2D images")
+    check_plan_size(plan, cfg, fp, device)  # refuse sizes that cannot fit before anything is allocated
     for d in (train, val):
         if d is not None:
             d.set_normalization(plan.norm)

@@ -200,8 +200,10 @@ def confusion_figure(cm: Sequence[Sequence[int]], names: Sequence[str]) -> Any:
     fig, ax = plt.subplots(figsize=(2.6 + 0.7 * n, 1.4 + 0.6 * n))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).set_label("fraction of the true class's pixels")
-    ax.set_xticks(range(n), names, rotation=45, ha="right")
-    ax.set_yticks(range(n), [f"{name} ({_count_text(rows[i, 0])} px)" for i, name in enumerate(names)])
+    # Class names are plain text: a '$' in a name must not be parsed as mathtext (an unclosed one raises).
+    ax.set_xticks(range(n), names, rotation=45, ha="right", parse_math=False)
+    ax.set_yticks(range(n), [f"{name} ({_count_text(rows[i, 0])} px)" for i, name in enumerate(names)],
+                  parse_math=False)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title("row-normalised: each true class's row sums to 1", fontsize=10)
