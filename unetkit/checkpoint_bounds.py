@@ -26,6 +26,20 @@ def _int_in(value: Any, low: int, high: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
+def _data_view(ckpt: dict[str, Any]) -> dict[str, Any] | None:
+    """What the checkpoint says about its data: the whole ``data`` of earlier versions, else the facts gathered
+    from ``classes``, ``plan`` and ``model_config`` (where each is stored once now)."""
+    if "data" in ckpt:
+        return ckpt["data"]
+    mc, classes, plan = ckpt.get("model_config"), ckpt.get("classes"), ckpt.get("plan")
+    if not all(isinstance(d, dict) for d in (mc, classes, plan)):
+        return None
+    assert isinstance(mc, dict) and isinstance(classes, dict) and isinstance(plan, dict)
+    return {"num_classes": mc.get("num_classes"), "in_channels": mc.get("in_channels"),
+            "class_names": classes.get("names"), "class_colors": classes.get("colors"),
+            "patch_size": plan.get("patch_size")}
+
+
 def check_checkpoint(ckpt: dict[str, Any]) -> None:
     """Refuse a checkpoint whose ``model_config``/``data`` are out of bounds or disagree with its tensors.
 
@@ -40,9 +54,9 @@ def check_checkpoint(ckpt: dict[str, Any]) -> None:
     def refuse(what: str) -> None:
         raise CheckpointError(f"{path}: {what}; {FIX}")
 
-    mc, data, state = ckpt.get("model_config"), ckpt.get("data"), ckpt.get("model")
+    mc, data, state = ckpt.get("model_config"), _data_view(ckpt), ckpt.get("model")
     if not isinstance(mc, dict) or not isinstance(data, dict) or not isinstance(state, dict):
-        refuse("model_config, data and model must be mappings")
+        refuse("model_config, data (or classes and plan) and model must be mappings")
     assert isinstance(mc, dict) and isinstance(data, dict) and isinstance(state, dict)
     bounds = {"num_classes": (1, MAX_CLASSES), "in_channels": (1, MAX_IN_CHANNELS)}
     for source, d in (("model_config", mc), ("data", data)):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..atomic import atomic_write
-from ..checkpoint import read_checkpoint, save_checkpoint
+from ..checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from ..data.base import describe_split
+from ..device import describe_amp
 from ..evaluate import EvalResult
 from ..models import UNet
 from ..viz import sample_panel
@@ -180,3 +183,31 @@ class RunOutputs:
             summary = {**result.to_json(), "steps": self.step, "time": self.budget.to_dict()}
             atomic_write(self.run_dir / "metrics.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
         return result
+
+    def _keep_better_best(self, best: Path) -> None:
+        """A run killed after writing ``best.pt`` but before ``last.pt`` resumes with a ``last.pt`` that does not
+        know the better score: adopt ``best.pt``'s, so only a better model replaces it."""
+        try:
+            on_disk = read_checkpoint(best) if best.is_file() else None
+        except CheckpointError:
+            return
+        if on_disk is not None and float(on_disk.get("best_miou", -1.0)) > self.best_miou:
+            self.best_miou, self.best_epoch = float(on_disk["best_miou"]), int(on_disk["best_epoch"])
+            self.log(f"{best} (epoch {self.best_epoch}, val mIoU {self.best_miou:.4f}) is newer than last.pt: it is "
+                     "kept unless the resumed run does better")
+
+    def describe(self) -> str:
+        cfg, ds, w, plan = self.cfg, self.train_ds, self.dist.world_size, self.plan
+        m = _unwrap(self.model)
+        params = sum(p.numel() for p in m.parameters())
+        amp = describe_amp(cfg.amp, self.amp_dtype, self.dist.device, training=True)
+        mc = m.config
+        width = f", base {mc.base_channels}" if mc.encoder == "plain" else ""
+        return (f"data {cfg.data.source}: {describe_split(ds, self.val_ds)}, {ds.num_classes} classes, "
+                f"{ds.in_channels} channel(s)\nmodel UNet({mc.encoder}{width}, depth {mc.depth}): "
+                f"{params / 1e6:.2f}M parameters on {self.dist.device} ({amp})"
+                f"{f', {w} processes' if w > 1 else ''}\nglobal batch {plan.batch_size * w * cfg.grad_accum} "
+                f"(= {plan.batch_size}/process x {w} x {cfg.grad_accum} accumulation) of "
+                f"{'x'.join(map(str, plan.patch_size))} patches, lr {cfg.lr:g} {cfg.optimizer} + "
+                f"{cfg.scheduler}, loss {plan.loss}\nplan:\n  " + plan.table().replace("\n", "\n  ")
+                + f"\nrun directory {self.run_dir}")

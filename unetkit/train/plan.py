@@ -414,7 +414,7 @@ def load_and_plan(cfg: TrainConfig, device: torch.device | str = "cpu", augment:
     if settings is not None:  # a volume folder: how its scans became slices is part of the plan
         plan.volume = settings.to_dict()
         plan.reasons["volume"] = train.spacing_reason
-        from .plan3d import choose_spatial_dims, plan_3d
+        from .plan3d import as_planned, choose_spatial_dims, plan_3d
 
         dims, plan.reasons["spatial_dims"] = choose_spatial_dims(cfg, train)
         if dims == 3:
@@ -430,20 +430,3 @@ def load_and_plan(cfg: TrainConfig, device: torch.device | str = "cpu", augment:
         if d is not None:
             d.set_normalization(plan.norm)
     return train, val, fp, plan
-
-
-def as_planned(train: Any, val: Any, spatial_dims: int, augment: Any = None) -> tuple[Any, Any]:
-    """The splits as the plan trains on them: slices (2D) as they are, or the cases as 3D samples with the
-    3D augmentation of ``augment`` (an :class:`~unetkit.data.AugmentConfig`)."""
-    if spatial_dims != 3:
-        return train, val
-    from ..data.transforms3d import build_transforms_3d
-    from ..data.volume_dataset import as_cases
-
-    cases = as_cases(train)
-    cases.transform = build_transforms_3d(augment, train.ignore_index)
-    val_cases = None
-    if val is not None:
-        val_cases = as_cases(val)
-        val_cases.transform = None
-    return cases, val_cases

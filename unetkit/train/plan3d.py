@@ -119,3 +119,20 @@ def plan_3d(plan: Plan, cfg: TrainConfig, train: Any, device: torch.device | str
     plan.norm_layer = "instance" if model.norm == "batch" else model.norm
     why["norm_layer"] = f"{plan.norm_layer}: batches of {batch} 3D patches (as nnU-Net)"
     return plan
+
+
+def as_planned(train: Any, val: Any, spatial_dims: int, augment: Any = None) -> tuple[Any, Any]:
+    """The splits as the plan trains on them: slices (2D) as they are, or the cases as 3D samples with the
+    3D augmentation of ``augment`` (an :class:`~unetkit.data.AugmentConfig`)."""
+    if spatial_dims != 3:
+        return train, val
+    from ..data.transforms3d import build_transforms_3d
+    from ..data.volume_dataset import as_cases
+
+    cases = as_cases(train)
+    cases.transform = build_transforms_3d(augment, train.ignore_index)
+    val_cases = None
+    if val is not None:
+        val_cases = as_cases(val)
+        val_cases.transform = None
+    return cases, val_cases

@@ -26,7 +26,8 @@ from ..data.patches import PatchDataset
 from ..models import UNet
 from .config import TrainConfig
 from .distributed import DistInfo
-from .plan import Plan, as_planned, load_and_plan, load_data, model_config, plan_length
+from .plan import Plan, load_and_plan, load_data, model_config, plan_length
+from .plan3d import as_planned
 
 
 def augment_config(cfg: TrainConfig) -> AugmentConfig | None:

@@ -22,9 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_write, claim_run_folder
-from ..checkpoint import CheckpointError, DataInfo, read_checkpoint
-from ..data.base import describe_split
-from ..device import describe_amp
+from ..checkpoint import DataInfo
 from ..evaluate import EvalResult, evaluate
 from ..inference import Predictor
 from ..losses import DeepSupervisionLoss, build_loss
@@ -161,18 +159,6 @@ class Trainer(RunOutputs):
             set_rng_state(ckpt["rng"])
         self._keep_better_best(Path(ckpt["path"]).parent / "best.pt")
 
-    def _keep_better_best(self, best: Path) -> None:
-        """A run killed after writing ``best.pt`` but before ``last.pt`` resumes with a ``last.pt`` that does not
-        know the better score: adopt ``best.pt``'s, so only a better model replaces it."""
-        try:
-            on_disk = read_checkpoint(best) if best.is_file() else None
-        except CheckpointError:
-            return
-        if on_disk is not None and float(on_disk.get("best_miou", -1.0)) > self.best_miou:
-            self.best_miou, self.best_epoch = float(on_disk["best_miou"]), int(on_disk["best_epoch"])
-            self.log(f"{best} (epoch {self.best_epoch}, val mIoU {self.best_miou:.4f}) is newer than last.pt: it is "
-                     "kept unless the resumed run does better")
-
     # ----------------------------------------------------------------- helpers
     def log(self, msg: str) -> None:
         if self.dist.is_main:
@@ -182,22 +168,6 @@ class Trainer(RunOutputs):
     def autocast(self) -> contextlib.AbstractContextManager:
         dev = self.dist.device.type
         return torch.autocast(dev, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
-
-    def describe(self) -> str:
-        cfg, ds, w, plan = self.cfg, self.train_ds, self.dist.world_size, self.plan
-        m = _unwrap(self.model)
-        params = sum(p.numel() for p in m.parameters())
-        amp = describe_amp(cfg.amp, self.amp_dtype, self.dist.device, training=True)
-        mc = m.config
-        width = f", base {mc.base_channels}" if mc.encoder == "plain" else ""
-        return (f"data {cfg.data.source}: {describe_split(ds, self.val_ds)}, {ds.num_classes} classes, "
-                f"{ds.in_channels} channel(s)\nmodel UNet({mc.encoder}{width}, depth {mc.depth}): "
-                f"{params / 1e6:.2f}M parameters on {self.dist.device} ({amp})"
-                f"{f', {w} processes' if w > 1 else ''}\nglobal batch {plan.batch_size * w * cfg.grad_accum} "
-                f"(= {plan.batch_size}/process x {w} x {cfg.grad_accum} accumulation) of "
-                f"{'x'.join(map(str, plan.patch_size))} patches, lr {cfg.lr:g} {cfg.optimizer} + "
-                f"{cfg.scheduler}, loss {plan.loss}\nplan:\n  " + plan.table().replace("\n", "\n  ")
-                + f"\nrun directory {self.run_dir}")
 
     def _size_the_run(self, step_s: float) -> None:
         """Fix the run's length from the measured step and validation times and the budget (the validation
