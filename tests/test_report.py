@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import math
+import re
+import shutil
+import subprocess
 from html.parser import HTMLParser
 
 import numpy as np
@@ -21,6 +25,7 @@ from unetkit.train.report import (
     confusion_figure,
     curves_figure,
     loss_limits,
+    png_bytes,
     split_config,
     write_report,
 )
@@ -332,7 +337,8 @@ def test_report_headline_legend_curves_and_yaml_configuration(tmp_path):
     assert html_text.index('class="changed"') < html_text.index('class="defaults"')
     config_part = html_text[html_text.index("<h2>Configuration"):]
     assert "None" not in config_part and "True" not in config_part and "False" not in config_part
-    assert "<td><pre>a  1\nb  2</pre></td>" in html_text  # a multi-line fact keeps its lines
+    # A multi-line fact of aligned columns (the plan) becomes a small table, one row per line.
+    assert '<td><table class="plan"><tr><td>a</td><td>1</td></tr><tr><td>b</td><td>2</td></tr></table></td>' in html_text
 
 
 def test_split_config_against_the_defaults():
@@ -364,3 +370,141 @@ def test_report_accepts_every_history_row(tmp_path, epochs, best):
     page = _Page()
     page.feed((tmp_path / "r.html").read_text())
     assert page.text["big"].count(f"best epoch {best}") == 1
+
+
+# ----------------------------------------------------------------------------------- report.html layout
+# What a real run writes into the summary table: a plan of ~200-character lines, a long time line, and here
+# a long unbroken path, the values that once made the page wider than a laptop screen.
+PLAN = """\
+normalisation       zscore                           float [0, 1] images: the data set's mean and std
+patch size          64x64                            median image 128x128, shrunk to 4096 pixels so that a step holds about 16 patches, rounded up to the network's stride
+batch size          16                               about 65536 patch pixels per step on a CPU
+foreground patches  0.50                             a class covers 0.24 % of the pixels (< 1 %): half the patches centred on a foreground pixel
+validation          every 3 epoch(s) and at the end  one validation (72 windows) costs about 10 % of 3 epoch(s) of training (96 patches, forward and backward)"""
+LONG_FACTS = {
+    "data": "/data/" + "a_rather_long_folder_name_without_spaces_" * 6 + "images",
+    "best epoch": "256 of 333",
+    "training": "time 184.2s of a 30m budget: setup 0.9s, training 171.3s (2000 steps, 0.086 s/step), validation "
+                "9.8s (37x), final evaluation 1.0s, checkpoints and pictures 1.2s",
+    "model": "UNet(plain, base 16, depth 5): 1.94M parameters on cpu (fp32, --amp auto: CPU training stays fp32 "
+             "(--amp bf16 to train in bf16))",
+    "plan": PLAN,
+}
+CLASSES8 = ["ribs", "cervical vertebrae", "thoracic vertebrae", "lumbar vertebrae", "right lung", "left lung",
+            "soft tissue", "spinal cord"]
+
+
+def wide_report(path):
+    """A report with every wide part: long facts, a 2400 px sample panel, an 8-class per-case table."""
+    m = {"dice": [0.9] * 8, "iou": [0.8] * 8, "hd95": [12.3] * 8, "nsd": [0.95] * 8}
+    per_case = {"classes": CLASSES8, "cases": [{"case": f"case_{i:03d}", **m} for i in range(4)], "mean": m,
+                "num_cases": 4, "tolerance_mm": 1.0}
+    result = eval_result()
+    result.per_case = per_case
+    panel = np.full((300, 2400, 3), 200, np.uint8)
+    write_report(path, title="unetkit run 20261125-130501", result=result, history=history(),
+                 samples_png=png_bytes(panel), config=TrainConfig().to_dict(), facts=LONG_FACTS, colors=COLORS)
+    return path.read_text()
+
+
+def css_rules(page: str) -> dict[str, dict[str, str]]:
+    """The report's ``<style>`` as ``{selector: {property: value}}`` (comments dropped, comma lists split)."""
+    css = re.sub(r"/\*.*?\*/", "", re.search(r"<style>(.*?)</style>", page, re.S).group(1), flags=re.S)
+    rules: dict[str, dict[str, str]] = {}
+    for selectors, body in re.findall(r"([^{}]+)\{([^}]*)\}", css):
+        decls = dict(tuple(x.strip() for x in d.split(":", 1)) for d in body.split(";") if ":" in d)
+        for sel in selectors.split(","):
+            rules.setdefault(" ".join(sel.split()), {}).update(decls)
+    return rules
+
+
+def test_report_layout_rules_keep_the_page_within_the_window(tmp_path):
+    """Without a browser: the CSS and markup that keep the page no wider than the window at any width."""
+    page = wide_report(tmp_path / "report.html")
+    rules = css_rules(page)
+    assert rules["*"]["box-sizing"] == "border-box"  # the body's padding counts inside its max-width
+    assert rules["body"]["max-width"] == "1100px" and rules["body"]["margin"] == "2rem auto"
+    assert rules["html"]["overflow-wrap"] == "anywhere"  # an unbroken path breaks instead of widening the page
+    assert rules["img"] == {"max-width": "100%", "height": "auto"}  # images scale to the page width
+    assert rules["pre"]["white-space"] == "pre-wrap" and rules["pre"]["overflow-wrap"] == "anywhere"
+    assert rules[".big"]["flex-wrap"] == "wrap"
+    # The summary table: as wide as the page, fixed layout, values left-aligned (right-aligned values were
+    # pushed off screen) and wrapping; the names never break.
+    assert rules["table.facts"]["width"] == "100%" and rules["table.facts"]["table-layout"] == "fixed"
+    td, th = rules["table.facts > tbody > tr > td"], rules["table.facts > tbody > tr > th"]
+    assert td["text-align"] == "left" and td["overflow-wrap"] == "anywhere"
+    assert th["white-space"] == "nowrap" and th["width"] == "8.5rem"
+    # Right alignment is scoped to the number tables, and each of them scrolls inside its own box.
+    assert "text-align" not in rules.get("td", {}) and rules["table.num td"]["text-align"] == "right"
+    assert rules[".wide"]["overflow-x"] == "auto" and rules[".wide"]["max-width"] == "100%"
+    assert rules["table.num"]["overflow-wrap"] == "normal"  # "case_000" is not cut into "case_" and "000"
+    assert page.count('<table class="num">') == page.count('<div class="wide"><table class="num">') == 2
+    # Only short labels are kept on one line; no rule keeps text unwrapped.
+    nowrap = {sel for sel, d in rules.items() if d.get("white-space") in ("nowrap", "pre")}
+    assert nowrap == {"table.facts > tbody > tr > th", "table.plan td:first-child", ".legend span"}
+    # Every summary row is there, the plan as a table of its lines and three columns, nothing in a <pre>.
+    facts = page[page.index('<table class="facts">'):page.index("<h2>Learning curves")]
+    assert re.findall(r"<tr><th>(.*?)</th>", facts) == list(LONG_FACTS)
+    plan_rows = re.findall(r"<tr>((?:<td>[^<]*</td>){3})</tr>", facts)
+    assert len(plan_rows) == 5 and "<pre>" not in facts
+    assert plan_rows[1].startswith("<td>patch size</td><td>64x64</td><td>median image 128x128, shrunk")
+    assert "<td>/data/a_rather_long_folder_name" in facts
+
+
+def test_report_multiline_fact_without_columns_is_wrapping_pre(tmp_path):
+    write_report(tmp_path / "r.html", title="t", result=eval_result(), history=[], samples_png=None,
+                 config=TrainConfig().to_dict(), facts={"note": "first line\nsecond line, longer"})
+    assert "<td><pre>first line\nsecond line, longer</pre></td>" in (tmp_path / "r.html").read_text()
+
+
+def chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome"):
+        if path := shutil.which(name):
+            return path
+    return None
+
+
+MEASURE = """<script>
+const de = document.documentElement, box = e => e.getBoundingClientRect();
+const rows = [...document.querySelectorAll("table.facts > tbody > tr")].map(tr => ({
+  name: tr.cells[0].textContent, left: box(tr.cells[0]).left, right: box(tr.cells[1]).right,
+  width: box(tr.cells[1]).width, height: box(tr).height}));
+const imgs = [...document.images].map(i => ({alt: i.alt, right: box(i).right, width: box(i).width,
+  natural: i.naturalWidth}));
+const out = document.createElement("output");
+out.id = "measure";
+out.textContent = JSON.stringify({scrollWidth: de.scrollWidth, clientWidth: de.clientWidth,
+  innerWidth: window.innerWidth, rows, imgs});
+document.body.append(out);
+</script>"""
+
+
+def measure_in_browser(browser: str, page: str, width: int, tmp_path) -> dict:
+    """Open ``page`` in headless Chromium with a ``width`` px wide window and read the layout back."""
+    html_file = tmp_path / f"measure_{width}.html"
+    html_file.write_text(page.replace("</body>", MEASURE + "</body>"), encoding="utf-8")
+    proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
+                           f"--window-size={width},900", "--dump-dom", html_file.as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    found = re.search(r'<output id="measure">(.*?)</output>', proc.stdout, re.S)
+    assert found, f"no measurement from {browser}: {proc.stderr[-2000:]}"
+    return json.loads(found.group(1))
+
+
+@pytest.mark.skipif(chromium() is None, reason="no headless Chromium installed")
+@pytest.mark.parametrize("width", [1280, 1920])
+def test_report_fits_the_window_in_a_real_browser(tmp_path, width):
+    """Measured in headless Chromium: no horizontal scrolling at laptop and desktop widths, every summary row
+    inside the window with its value shown, and the images scaled down to the page."""
+    page = wide_report(tmp_path / "report.html")
+    m = measure_in_browser(chromium(), page, width, tmp_path)
+    assert m["innerWidth"] == width
+    assert m["scrollWidth"] <= m["innerWidth"] and m["scrollWidth"] <= m["clientWidth"]
+    assert [r["name"] for r in m["rows"]] == list(LONG_FACTS)
+    for r in m["rows"]:
+        assert r["left"] >= 0 and r["right"] <= m["clientWidth"], r
+        assert r["width"] > 500 and r["height"] > 0, r  # the value column has room, not a sliver
+    imgs = {i["alt"]: i for i in m["imgs"]}
+    assert set(imgs) == {"learning curves", "confusion matrix", "samples"}
+    assert all(i["right"] <= m["clientWidth"] for i in imgs.values())
+    assert imgs["samples"]["natural"] == 2400 and imgs["samples"]["width"] <= 1100  # scaled to the page

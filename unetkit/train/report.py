@@ -13,6 +13,7 @@ import csv
 import html
 import io
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -280,6 +281,19 @@ def _cell(v: float | None) -> str:
     return "&ndash;" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
 
 
+def _fact(text: str) -> str:
+    """A summary value as HTML: one line as text; lines of aligned columns (two or more spaces apart, as
+    :meth:`Plan.table` writes them) as a small table whose last column wraps; other lines as wrapping ``<pre>``."""
+    if "\n" not in text:
+        return html.escape(text)
+    lines = [line for line in text.splitlines() if line.strip()]
+    cells = [re.split(r" {2,}", line.strip()) for line in lines]
+    if len({len(c) for c in cells}) == 1 and len(cells[0]) >= 2:
+        return '<table class="plan">' + "".join(
+            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in cells) + "</table>"
+    return f"<pre>{html.escape(text)}</pre>"
+
+
 def _swatch(color: Sequence[int] | None) -> str:
     """A small colour box; ``None``: an empty crossed box, for the class overlays leave uncoloured."""
     if color is None:
@@ -309,9 +323,7 @@ def write_report(path: Path, *, title: str, result: EvalResult, history: Sequenc
         f"<td>{_cell(result.dice[i])}</td><td>{_cell(bf[i])}</td><td>{_cell(result.precision[i])}</td>"
         f"<td>{_cell(result.recall[i])}</td></tr>"
         for i, n in enumerate(names))
-    facts_html = "".join(
-        f"<tr><th>{html.escape(k)}</th><td>{f'<pre>{html.escape(v)}</pre>' if chr(10) in v else html.escape(v)}"
-        "</td></tr>" for k, v in facts.items())
+    facts_html = "".join(f"<tr><th>{html.escape(k)}</th><td>{_fact(v)}</td></tr>" for k, v in facts.items())
     legend = ""
     if colors:
         legend = '<p class="legend">' + " ".join(
@@ -322,15 +334,32 @@ def write_report(path: Path, *, title: str, result: EvalResult, history: Sequenc
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
+/* Reads on a laptop screen without horizontal scrolling: the page is at most 1100 px wide and never wider
+   than the window, long values wrap (anywhere, so a long path cannot push the page wider), images scale
+   down to the page width, and only a data table too wide for the page scrolls, inside its own box. */
+*, *::before, *::after {{ box-sizing: border-box; }}
+html {{ overflow-wrap: anywhere; }}
 body {{ font: 15px/1.45 system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; padding: 0 1rem; }}
 h1 {{ font-size: 1.5rem; }} h2 {{ font-size: 1.15rem; margin-top: 2rem; border-bottom: 1px solid #ddd; }}
 h3 {{ font-size: 1rem; margin-bottom: .3rem; }}
-.big {{ display: flex; gap: 2rem; }} .big div {{ background: #f4f6fa; padding: .7rem 1.2rem; border-radius: 8px; }}
+.big {{ display: flex; flex-wrap: wrap; gap: 1rem 2rem; }}
+.big div {{ background: #f4f6fa; padding: .7rem 1.2rem; border-radius: 8px; }}
 .big b {{ display: block; font-size: 1.6rem; }} .big small {{ color: #666; }}
-table {{ border-collapse: collapse; }} td, th {{ padding: .25rem .8rem; border-bottom: 1px solid #eee; text-align: right; }}
-td:first-child, th:first-child {{ text-align: left; }} img {{ max-width: 100%; }}
-td pre {{ text-align: left; margin: 0; background: none; padding: 0; }}
-pre {{ background: #f7f7f7; padding: .8rem; font-size: 12px; }}
+table {{ border-collapse: collapse; }} td, th {{ padding: .25rem .8rem; border-bottom: 1px solid #eee; }}
+.wide {{ max-width: 100%; overflow-x: auto; }}
+table.num {{ overflow-wrap: normal; }}  /* names and numbers stay whole; .wide scrolls instead */
+table.num td, table.num th {{ text-align: right; }}
+table.num td:first-child, table.num th:first-child {{ text-align: left; }}
+table.facts {{ width: 100%; margin-top: 1rem; table-layout: fixed; }}
+table.facts > tbody > tr > th {{ width: 8.5rem; white-space: nowrap; text-align: left; vertical-align: top; }}
+table.facts > tbody > tr > td {{ text-align: left; word-break: break-word; overflow-wrap: anywhere; }}
+table.plan {{ width: 100%; font-size: 13px; }}
+table.plan td {{ padding: .1rem .6rem .1rem 0; border: none; vertical-align: top; }}
+table.plan td:first-child {{ white-space: nowrap; color: #555; }}
+img {{ max-width: 100%; height: auto; }}
+pre {{ background: #f7f7f7; padding: .8rem; font-size: 12px; white-space: pre-wrap; word-break: break-word;
+       overflow-wrap: anywhere; }}
+td pre {{ margin: 0; background: none; padding: 0; }}
 .sw {{ display: inline-block; width: .9em; height: .9em; border: 1px solid #666; margin-right: .4em;
        vertical-align: -.1em; }}
 .sw.none {{ background: linear-gradient(to top right, #fff 46%, #999 50%, #fff 54%); }}
@@ -339,11 +368,12 @@ pre {{ background: #f7f7f7; padding: .8rem; font-size: 12px; }}
 <h1>{html.escape(title)}</h1>
 <div class="big"><div>val mIoU<b>{_cell(result.miou)}</b>{best_note}</div><div>val Dice<b>{_cell(result.mdice)}</b></div>
 <div>Boundary F1<b>{_cell(result.mean_boundary_f1)}</b></div><div>pixel accuracy<b>{_cell(result.pixel_accuracy)}</b></div></div>
-<table>{facts_html}</table>
+<table class="facts">{facts_html}</table>
 <h2>Learning curves</h2>{_img(curves_png(history, best_epoch), "learning curves") if history else ""}
 <h2>Per-class results (validation, best checkpoint)</h2>
-<table><tr><th>class</th><th>IoU</th><th>Dice</th><th>Boundary F1</th><th>precision</th><th>recall</th></tr>
-{rows}</table>
+<div class="wide"><table class="num"><tr><th>class</th><th>IoU</th><th>Dice</th><th>Boundary F1</th><th>precision</th>
+<th>recall</th></tr>
+{rows}</table></div>
 {_case_section(result.per_case)}
 <h2>Confusion matrix</h2>{_img(confusion_png(result.confusion_matrix, names), "confusion matrix")}
 <h2>Samples: image | truth | prediction</h2>{legend}{_img(samples_png, "samples") if samples_png else ""}
@@ -373,7 +403,7 @@ def _case_section(per_case: dict[str, Any] | None) -> str:
     return (f"<h2>Per case (validation volumes, best checkpoint)</h2><p>{per_case['num_cases']} case(s); "
             f"HD95 = 95 % Hausdorff distance, NSD = normalised surface Dice at {tol:g} mm; empty cells: the "
             "class is absent from the case; the HD95 mean leaves out cases where a class was missed or "
-            f"invented (inf).</p><table><tr><th>case</th>{head}</tr>\n{body}</table>")
+            f"invented (inf).</p><div class=\"wide\"><table class=\"num\"><tr><th>case</th>{head}</tr>\n{body}</table></div>")
 
 
 def _mm(v: float) -> str:
