@@ -346,3 +346,22 @@ def test_augmentation_is_a_planned_choice_with_its_reason():
     assert (given.augment, given.reasons["augment"]) == ("hflip 0.5, rotate 15, zoom 0.9-1.1, brightness/contrast 0.1",
                                                          "given")
     assert Plan.from_dict(given.to_dict()).augment == given.augment
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--loss", "bce"], "loss bce is for a binary model with one output; this data has 4 classes"),
+    (["--class-weights", "1", "2"], "class_weights has 2 values; this data has 4 classes"),
+    (["--encoder", "timm:nope"], "timm has no model 'nope'"),
+    (["--seed", "4294967296"], "seed must be an integer in [0, 4294967295]"),
+])
+def test_plan_refuses_what_train_refuses(flags, words, capsys):
+    pytest.importorskip("timm")
+    assert main(["plan", "shapes", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err
+
+
+def test_plan_refuses_a_folder_without_validation_data(tmp_path, capsys):
+    _write_folder(tmp_path / "one", [(16, 16)], seed=0, bits=8)
+    assert main(["plan", str(tmp_path / "one")]) == 2
+    assert "no validation data" in capsys.readouterr().err

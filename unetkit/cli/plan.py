@@ -29,12 +29,14 @@ def run(args: argparse.Namespace) -> int:
     from ..data.base import describe_split
     from ..device import resolve_device
     from ..train.plan import load_and_plan
+    from ..train.setup import check_run
 
     if args.dataset is not None:
         args.data = args.dataset
     cfg = config_from_args(args)
     device = resolve_device(cfg.device)
     train, val, fp, plan = load_and_plan(cfg, device)
+    check_run(cfg, plan, train, val)  # what train would refuse, refused here too
     print(f"data {cfg.data.source}: {describe_split(train, val)}, {train.num_classes} classes\n")
     print(fp.summary())
     print(f"\nplan for {device.type.upper()} training:")

@@ -103,9 +103,8 @@ def data_and_plan(cfg: TrainConfig, ckpt: dict[str, Any] | None, device: torch.d
             plan.epochs = cfg.epochs
     else:
         train, val, fp, plan = load_and_plan(cfg, device, augment_config(cfg))
-    if val is None:
-        raise ValueError(f"{cfg.data.source}: no validation data; add val/images + val/masks or set "
-                         "val_fraction > 0")
+    check_run(cfg, plan, train, val)
+    assert val is not None
     return train, val, fp, plan
 
 
@@ -156,3 +155,28 @@ def build_batches(cfg: TrainConfig, plan: Plan, train: SegmentationDataset, dist
                         pin_memory=dev.type == "cuda", persistent_workers=workers > 0,
                         drop_last=per_rank > plan.batch_size)
     return Batches(patches, sampler, loader, max(1, len(loader) // cfg.grad_accum))
+
+
+def check_run(cfg: TrainConfig, plan: Plan, train: SegmentationDataset, val: SegmentationDataset | None) -> None:
+    """What ``unetkit train`` would refuse once it builds the run, checked without building it, so that
+    ``unetkit plan`` approves only runs that start: a validation split, a loss that fits the classes, one
+    class weight per class, an encoder that exists (its architecture built on the meta device, no weights)."""
+    from ..losses import build_loss
+
+    if val is None:
+        raise ValueError(f"{cfg.data.source}: no validation data; add val/images + val/masks or set val_fraction > 0 "
+                         "(a folder needs at least two images)")
+    k = train.num_classes
+    if plan.loss.startswith("bce") and k != 1:
+        raise ValueError(f"loss {plan.loss} is for a binary model with one output; this data has {k} classes: use "
+                         "ce or ce+dice (or --num-classes 1 for 0/255 masks)")
+    if plan.class_weights is not None and k > 1 and len(plan.class_weights) != k:
+        raise ValueError(f"class_weights has {len(plan.class_weights)} values; this data has {k} classes, so give "
+                         f"{k}")
+    build_loss(plan.loss, k, cfg.data.ignore_index, plan.class_weights)
+    config = model_config(cfg, plan, train)
+    if config.encoder_weights not in (None, "imagenet") and not Path(config.encoder_weights).is_file():
+        raise ValueError(f"{config.encoder_weights}: encoder weights file not found; pass an existing "
+                         ".pth/.safetensors file, imagenet or none to --encoder-weights")
+    with torch.device("meta"):
+        UNet(config.replace(encoder_weights=None))
