@@ -93,3 +93,18 @@ def test_an_onnx_model_says_what_runs(tmp_path, capsys):
     assert "ONNX Runtime (CPU), as exported" in line and "autocast" not in line and "--amp" not in line
     onnx_mask = np.asarray(Image.open(tmp_path / "pred" / "big_mask.png"))
     assert (Predictor.load(out).predict(V0 / "inputs2d" / "big.png") == onnx_mask).all()
+
+
+def test_large_images_are_predicted_in_bands_with_the_whole_image_result(predictor2d, monkeypatch, tmp_path):
+    """Above BAND_PIXELS an image is predicted band by band, each band with the windows the whole image's
+    tiling puts there: the masks (and probabilities) equal the whole-image prediction exactly."""
+    from unetkit.inference import predictor as predictor_mod
+
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 255, (301, 170), dtype=np.uint8)
+    whole = predictor2d.predict_labels(image)
+    whole_probs = predictor2d.predict(image, output="probs")
+    monkeypatch.setattr(predictor_mod, "BAND_PIXELS", 100 * 170)  # bands of 92 rows (two 46-row tiles)
+    banded = predictor2d.predict_labels(image, probs_path=tmp_path / "p.npy")
+    assert banded.dtype == np.uint8 and (banded == whole).all()
+    assert np.allclose(np.load(tmp_path / "p.npy"), whole_probs, atol=1e-6)

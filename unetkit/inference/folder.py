@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 GLOB_CHARS = set("*?[")
 #: Overlays are enlarged by the largest whole factor that keeps their longer side within this many pixels.
 OVERLAY_MIN_SIZE = 512
+#: Overlays of larger images are drawn at a whole fraction of the image's size, at most this many pixels a side
+#: (the mask itself is always full size).
+OVERLAY_MAX_SIDE = 2048
 
 
 @dataclass
@@ -155,7 +158,8 @@ def predict_files(predictor: Predictor, items: list[str], out: Path, *, probs: b
     bar = tqdm(images, desc="predict", unit="img", disable=not progress or not images, file=sys.stderr)
     for f in bar:
         try:
-            x, raw = predictor.preprocess(read_image(f), str(f))
+            arr = read_image(f)
+            predictor.preprocess(arr[:1, :1], str(f))  # the channel check, before any work
         except ValueError as e:  # e.g. a 5-channel TIFF for a grey model: say so, and go on
             result.failed.append((f, " ".join(str(e).split())))
             bar.write(f"skipped {f}: {result.failed[-1][1]}", file=sys.stderr)
@@ -164,17 +168,24 @@ def predict_files(predictor: Predictor, items: list[str], out: Path, *, probs: b
             result.failed.append((f, _why(e)))
             bar.write(f"skipped {f}: {result.failed[-1][1]}", file=sys.stderr)
             continue
-        scores = predictor.predict_tensor(x, output="probs").float().cpu()
-        from ..models.outputs import probs_to_labels
-
-        labels = probs_to_labels(scores[None])[0].numpy()
         stem = f.stem
-        written = [atomic_write(out / f"{stem}_mask.png", lambda tmp, lab=labels: save_mask_png(lab, colors, tmp))]
-        ov = overlay_view(raw, labels, colors, predictor.info.class_names, alpha, min_size=OVERLAY_MIN_SIZE)
-        written.append(atomic_write(out / f"{stem}_overlay.png", lambda tmp, o=ov: save_rgb_png(o, tmp)))
-        if probs:
-            p_np = scores.numpy().astype(np.float32)
-            written.append(atomic_write(out / f"{stem}_probs.npy", lambda tmp, p=p_np: _save_npy(p, tmp)))
+        written = []
+        found: dict[str, np.ndarray] = {}
+
+        def with_probs(tmp: Path, a: np.ndarray = arr, where: str = str(f), found: dict = found) -> None:
+            found["labels"] = predictor.predict_labels(a, where, probs_path=tmp)
+
+        if probs:  # the probabilities written as they are computed (band by band for large images)
+            written.append(atomic_write(out / f"{stem}_probs.npy", with_probs))
+            labels = found["labels"]
+        else:
+            labels = predictor.predict_labels(arr, str(f))
+        written.insert(0, atomic_write(out / f"{stem}_mask.png",
+                                       lambda tmp, lab=labels: save_mask_png(lab, colors, tmp)))
+        k = -(-max(labels.shape) // OVERLAY_MAX_SIDE)  # huge images: the overlay at a whole fraction of the size
+        _, raw = predictor.preprocess(arr[::k, ::k], str(f))
+        ov = overlay_view(raw, labels[::k, ::k], colors, predictor.info.class_names, alpha, min_size=OVERLAY_MIN_SIZE)
+        written.insert(1, atomic_write(out / f"{stem}_overlay.png", lambda tmp, o=ov: save_rgb_png(o, tmp)))
         result.written[f] = written
     bar.close()
     result.seconds = time.perf_counter() - t0
@@ -202,8 +213,3 @@ def _predict_volumes(predictor: Predictor, volumes: list[Path], out: Path, resul
         path = write_label_volume(vol, labels, out, stem=output_stem(f))
         print(f"{f} -> {path}")
         result.written[f] = [path]
-
-
-def _save_npy(arr: np.ndarray, path: Path) -> None:
-    with open(path, "wb") as fh:  # a file object, so numpy does not append .npy to the temporary name
-        np.save(fh, arr)

@@ -36,6 +36,16 @@ if TYPE_CHECKING:
     from .folder import FolderResult
 
 
+#: Images with more pixels than this are predicted in bands of rows, so memory grows with the band (about this
+#: many pixels), not with the image.
+BAND_PIXELS = 1024 * 1024
+
+
+def _write_npy(path: Path, arr: np.ndarray) -> None:
+    with open(path, "wb") as fh:  # a file object, so numpy does not append .npy to the temporary name
+        np.save(fh, arr)
+
+
 class Predictor:
     """Apply a trained model to images, volumes and folders exactly as ``unetkit predict`` does.
 
@@ -133,6 +143,48 @@ class Predictor:
         return predict(self.model, x, tile_size=self.tile, overlap=self.overlap, tta=self.tta, output=output,
                        batch_size=self.batch_size, pad_value=self.pad_value, autocast_dtype=self.amp)
 
+    def predict_labels(self, image: np.ndarray, where: str = "image", probs_path: Path | None = None) -> np.ndarray:
+        """Class indices (uint8; uint16 past 256 classes) of a stored ``(H, W[, C])`` array, memory bounded by
+        the tile: an image of more than :data:`BAND_PIXELS` pixels is predicted in bands of rows, each with the
+        windows the whole image's tiling puts there (so the result is the whole-image one), normalised band by
+        band. ``probs_path``: also write the probabilities ``(C, H, W)`` float32 there as ``.npy``."""
+        h, w = image.shape[:2]
+        dtype = np.uint8 if max(self.num_classes, 2) <= 256 else np.uint16
+        tile = self.tile
+        banded = tile is not None and len(tile) == 2 and h * w > BAND_PIXELS and h > 2 * tile[0] and w >= tile[1]
+        if not banded:
+            x, _ = self.preprocess(image, where)
+            scores = self.predict_tensor(x, output="probs").float().cpu()
+            if probs_path is not None:
+                _write_npy(probs_path, scores.numpy())
+            return probs_to_labels(scores[None])[0].numpy().astype(dtype)
+        assert tile is not None
+        from .sliding import _per_axis, model_stride, tile_starts
+
+        align = _per_axis(model_stride(self.model), 2)
+        ys = tile_starts(h, tile[0], self.overlap, align[0])
+        xs = tile_starts(w, tile[1], self.overlap, align[1])
+        rows = max(tile[0], BAND_PIXELS // w // tile[0] * tile[0])
+        labels = np.empty((h, w), dtype)
+        probs = None
+        if probs_path is not None:
+            probs = np.lib.format.open_memmap(probs_path, mode="w+", dtype=np.float32,
+                                              shape=(self.num_classes, h, w))
+        for r0 in range(0, h, rows):
+            r1 = min(h, r0 + rows)
+            band = [y for y in ys if y < r1 and y + tile[0] > r0]
+            ya, yb = band[0], band[-1] + tile[0]
+            x, _ = self.preprocess(image[ya:yb], where)
+            scores = predict(self.model, x, tile_size=tile, overlap=self.overlap, tta=self.tta, output="probs",
+                             batch_size=self.batch_size, pad_value=self.pad_value, autocast_dtype=self.amp,
+                             starts=([y - ya for y in band], xs))[:, r0 - ya:r1 - ya].float().cpu()
+            labels[r0:r1] = probs_to_labels(scores[None])[0].numpy()
+            if probs is not None:
+                probs[:, r0:r1] = scores.numpy()
+        if probs is not None:
+            probs.flush()
+        return labels
+
     def predict(self, image: np.ndarray | str | os.PathLike, output: str = "labels") -> np.ndarray:
         """Class indices ``(H, W)`` (``output="probs"``: float32 ``(C, H, W)``) for an image file or a stored
         ``(H, W[, C])`` array, at its full size: the mask ``unetkit predict`` writes."""
@@ -143,11 +195,10 @@ class Predictor:
             from ..data.io import read_image
 
             where, image = str(image), read_image(image)
+        if output == "labels":
+            return self.predict_labels(np.asarray(image), where).astype(np.int64)
         x, _ = self.preprocess(np.asarray(image), where)
-        probs = self.predict_tensor(x, output="probs").float().cpu()
-        if output == "probs":
-            return probs.numpy()
-        return probs_to_labels(probs[None])[0].numpy()
+        return self.predict_tensor(x, output="probs").float().cpu().numpy()
 
     def predict_volume(self, scan: Volume | str | os.PathLike,
                        progress: Callable[[int], None] | None = None) -> np.ndarray:

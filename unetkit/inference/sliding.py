@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import torch
@@ -145,7 +146,8 @@ def _run(model: Model, x: torch.Tensor) -> torch.Tensor:
 def predict(model: Model, image: torch.Tensor, tile_size: int | tuple[int, ...] | None = None,
             overlap: float = 0.5, tta: bool = False, output: str = "labels", batch_size: int = 4,
             align: int | tuple[int, ...] | None = None, pad_value: float | torch.Tensor | None = None,
-            autocast_dtype: torch.dtype | None = None, spatial_dims: int | None = None) -> torch.Tensor:
+            autocast_dtype: torch.dtype | None = None, spatial_dims: int | None = None,
+            starts: Sequence[Sequence[int]] | None = None) -> torch.Tensor:
     """Segment a normalised image ``(C, H, W)`` or batch ``(N, C, H, W)`` at its full size; for a 3D model a
     volume ``(C, D, H, W)`` or batch ``(N, C, D, H, W)``.
 
@@ -167,6 +169,8 @@ def predict(model: Model, image: torch.Tensor, tile_size: int | tuple[int, ...] 
       run under ``torch.autocast`` with it; its outputs are cast to float32 before softmax, blending and
       argmax, so only the network runs in reduced precision. ``None``: fp32. Ignored for an ONNX model.
     * ``spatial_dims``: 2 or 3 (default: the model's, :func:`model_spatial_dims`).
+    * ``starts``: the tile starts per axis (default: :func:`tile_starts`); a band of a larger image passes the
+      image's own tiling, so the band's scores equal the whole image's there.
 
     Runs under ``torch.inference_mode()`` on the model's device (CPU, CUDA, or ONNX Runtime for an
     :class:`OnnxModel`); the result is on ``image``'s device. A module in training mode is switched to
@@ -202,7 +206,7 @@ def predict(model: Model, image: torch.Tensor, tile_size: int | tuple[int, ...] 
     try:
         with torch.inference_mode():
             scores = _predict_scores(net, batch.float(), tile, overlap, tta, batch_size, device, stride,
-                                     output != "logits")
+                                     output != "logits", starts)
     finally:
         if was_training and hasattr(model, "train"):
             model.train(True)
@@ -250,8 +254,8 @@ def _pad_to(batch: torch.Tensor, size: tuple[int, ...], value: float | torch.Ten
 
 
 def _predict_scores(model: Model, batch: torch.Tensor, tile_size: tuple[int, ...] | None, overlap: float,
-                    tta: bool, batch_size: int, device: torch.device, align: tuple[int, ...], probs: bool
-                    ) -> torch.Tensor:
+                    tta: bool, batch_size: int, device: torch.device, align: tuple[int, ...], probs: bool,
+                    given_starts: Sequence[Sequence[int]] | None = None) -> torch.Tensor:
     n = batch.shape[0]
     size = tuple(batch.shape[2:])
     out_device = batch.device
@@ -261,13 +265,14 @@ def _predict_scores(model: Model, batch: torch.Tensor, tile_size: tuple[int, ...
         if min(tile_size) < 1:
             raise ValueError(f"tile_size must be positive, got {tile_size}")
         tile = tuple(min(t, s) for t, s in zip(tile_size, size))
-    if tile == size:  # whole image: chunk the batch only
+    if tile == size and given_starts is None:  # whole image: chunk the batch only
         parts = [_forward_scores(model, batch[i:i + batch_size].to(device), tta, probs).to(out_device)
                  for i in range(0, n, batch_size)]
         return torch.cat(parts)
 
     weight = gaussian_weight(tile, device=device)
-    per_axis = [tile_starts(s, t, overlap, a) for s, t, a in zip(size, tile, align)]
+    per_axis = ([list(a) for a in given_starts] if given_starts is not None else
+                [tile_starts(s, t, overlap, a) for s, t, a in zip(size, tile, align)])
     starts = list(itertools.product(*per_axis))
     windows = [(i, start) for i in range(n) for start in starts]
 
