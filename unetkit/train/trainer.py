@@ -135,7 +135,7 @@ class Trainer(RunOutputs):
         n = len(self.val_ds)
         self.sample_idx = sorted({round(i * (n - 1) / max(1, cfg.samples - 1)) for i in range(cfg.samples)}) \
             if cfg.samples > 0 else []
-        self.bar = tqdm(disable=True)  # the run's progress bar, made by run()
+        self.bar, self._first_step = tqdm(disable=True), self.step  # the run's progress bar, made by run()
         self.budget.setup += clock() - t_setup
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
