@@ -24,6 +24,11 @@ JPEG_EXTENSIONS = (".jpg", ".jpeg")
 # PIL modes that carry 16-bit samples.
 _PIL_16BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 # PIL modes that are converted to RGB on reading (alpha dropped, other colour spaces converted).
+#: The most pixels an image file may have (Pillow's own bound, 179 M, would refuse a 20000 x 20000 slide):
+#: a 1 G-pixel grey image is 1 GB decoded, which prediction streams through (unetkit.inference).
+MAX_IMAGE_PIXELS = 1 << 30
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+
 _PIL_TO_RGB = ("RGBA", "RGBX", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "La", "RGBa")
 
 

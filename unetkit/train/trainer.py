@@ -136,6 +136,7 @@ class Trainer(RunOutputs):
         self.sample_idx = sorted({round(i * (n - 1) / max(1, cfg.samples - 1)) for i in range(cfg.samples)}) \
             if cfg.samples > 0 else []
         self.bar, self._first_step = tqdm(disable=True), self.step  # the run's progress bar, made by run()
+        self._probe: list[float] = []  # seconds of the first steps, until the run is sized
         self.budget.setup += clock() - t_setup
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
@@ -232,7 +233,7 @@ class Trainer(RunOutputs):
         bar = self.bar
         out_of_time = False
         t0 = self.clock()
-        probe_t0 = None
+        t_prev = self.clock()
         for i, (images, masks) in enumerate(self.loader):
             images = images.to(dev, non_blocking=True)
             masks = masks.to(dev, non_blocking=True)
@@ -250,13 +251,14 @@ class Trainer(RunOutputs):
                 bar.update(1)
             total[0] += loss.detach().double()
             total[1] += 1
-            if not self.sized and boundary:  # time the first steps, then fix the run's length
-                if probe_t0 is None:
-                    synchronize(dev)
-                    probe_t0, probe_step = self.clock(), self.step
-                elif self.step - probe_step >= PROBE_STEPS or i + 1 == n:
-                    synchronize(dev)
-                    self._size_the_run((self.clock() - probe_t0) / (self.step - probe_step))
+            if not self.sized and boundary:  # time the first steps (one untimed), then fix the run's length
+                synchronize(dev)
+                now = self.clock()
+                self._probe.append(now - t_prev)  # this step, its batch's loading included
+                t_prev = now
+                timed = self._probe[1:]
+                if len(timed) >= PROBE_STEPS or (timed and i + 1 == n):  # epochs of one step are timed too
+                    self._size_the_run(sum(timed) / len(timed))
             last = i + 1 >= stop_after or self.step >= self.total_steps
             check = i % 10 == 0 or last or i + 1 == n
             if check:  # the only host syncs: every 10 steps
@@ -274,7 +276,7 @@ class Trainer(RunOutputs):
                     bar.refresh()
             # The clock is read after every step (a slowed-down machine cannot overrun the budget by an epoch);
             # under DDP the ranks agree every 10 steps, which costs a collective.
-            if not last and (check or not self.dist.enabled) and self._out_of_time():
+            if (check or not self.dist.enabled) and self._out_of_time():
                 out_of_time = True
                 break
             if last:

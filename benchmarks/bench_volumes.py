@@ -1,0 +1,97 @@
+"""2D, 2.5D or 3D on volume folders: what each buys at the same wall-time budget, and what the planner picks.
+
+``python benchmarks/bench_volumes.py SET_DIR [SET_DIR ...] --budget 3m --out OUT`` trains, on each volume
+folder (``python benchmarks/devsuite.py DIR --volumes`` writes the development suite's; ``unetkit data
+export ct-chest DIR --volumes`` the demo CT's), one run per variant under the same ``--time`` budget:
+
+* ``2d``: ``--spatial-dims 2`` (a 2D UNet on slices),
+* ``2.5d``: ``--spatial-dims 2 --context 1`` (the neighbouring slice on each side as channels),
+* ``3d``: ``--spatial-dims 3`` (a 3D UNet on volume patches),
+
+then scores each run's best checkpoint on its validation cases with ``unetkit evaluate`` (per-case Dice
+and HD95, means over cases), and notes which variant ``unetkit plan`` chooses for the set. Writes
+``OUT/volumes.json`` and prints a markdown table. Every run uses the same seed; the budget includes
+planning, training and the final evaluation, as for users.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+VARIANTS = {"2d": ["--spatial-dims", "2"], "2.5d": ["--spatial-dims", "2", "--context", "1"],
+            "3d": ["--spatial-dims", "3"]}
+
+
+def unetkit(*args: str) -> subprocess.CompletedProcess:
+    """Run the command line in a child process (as a user does)."""
+    code = "import sys; from unetkit.cli.main import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=False)
+
+
+def planned_variant(data: Path) -> str:
+    """The variant ``unetkit plan`` chooses for ``data`` (its ``network`` row)."""
+    out = unetkit("plan", str(data)).stdout
+    line = next((s for s in out.splitlines() if s.startswith("network")), "")
+    return "3d" if "3D UNet" in line else ("2.5d" if "with context" in line else "2d")
+
+
+def run_variant(data: Path, variant: str, budget: str, out: Path, seed: int) -> dict:
+    """Train one variant under the budget and score its best checkpoint per case."""
+    run = out / f"{data.name}-{variant}-s{seed}"
+    t0 = time.perf_counter()
+    r = unetkit("train", "--data", str(data), "--time", budget, "--seed", str(seed), "--out", str(run),
+                "--no-progress", "--samples", "0", "--overwrite", *VARIANTS[variant])
+    wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        return {"set": data.name, "variant": variant, "error": r.stderr.strip().splitlines()[-1:]}
+    js = run / "eval.json"
+    unetkit("evaluate", str(run), "--json", str(js), "--amp", "off")
+    result = json.loads(js.read_text())
+    mean = (result.get("per_case") or {}).get("mean", {})
+
+    def avg(key: str) -> float | None:
+        vals = [v for v in mean.get(key, []) if isinstance(v, (int, float))]
+        return round(sum(vals) / len(vals), 4) if vals else None
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    return {"set": data.name, "variant": variant, "seed": seed, "case_dice": avg("dice"), "hd95_mm": avg("hd95"),
+            "miou": result["miou"], "steps": metrics.get("steps"), "wall_s": round(wall, 1)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("sets", nargs="+", type=Path, help="volume folders")
+    p.add_argument("--budget", default="3m", help="--time of every run (default 3m)")
+    p.add_argument("--variants", default="2d,2.5d,3d")
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--out", type=Path, default=Path("runs/bench_volumes"))
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows, planned = [], {}
+    for data in args.sets:
+        planned[data.name] = planned_variant(data)
+        for seed in (int(s) for s in args.seeds.split(",")):
+            for variant in args.variants.split(","):
+                row = run_variant(data, variant, args.budget, args.out, seed)
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    report = {"budget": args.budget, "cpu": cpu, "planned": planned, "rows": rows}
+    (args.out / "volumes.json").write_text(json.dumps(report, indent=2))
+    print(f"\n{args.budget} per run, {cpu}\n\n| set | variant | case Dice | HD95 mm | mIoU | steps | planner |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        mark = "chosen" if planned.get(r["set"]) == r["variant"] else ""
+        print(f"| {r['set']} | {r['variant']} | {r.get('case_dice')} | {r.get('hd95_mm')} | {r.get('miou')} | "
+              f"{r.get('steps')} | {mark} |")
+
+
+if __name__ == "__main__":
+    main()
