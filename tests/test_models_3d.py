@@ -124,6 +124,9 @@ def test_anisotropic_strides_and_kernels_give_the_expected_stages():
     assert [b.conv[0].weight.shape[2:] for b in model.decoder.blocks] == [(3, 3, 3), (1, 3, 3), (1, 3, 3)]
     y = model(torch.randn(1, 1, 15, 37, 41))
     assert y.shape == (1, 2, 15, 37, 41)
+    rows = summary(model, (1, 1, 16, 64, 48), print_fn=None)
+    assert [r.name for r in rows[1:5]] == ["encoder.stage0 (/1)", "encoder.stage1 (/1x2x2)",
+                                           "encoder.stage2 (/1x4x4)", "encoder.stage3 (/2x8x8)"]
 
 
 def test_strides_and_kernels_in_2d_too():

@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .encoders.base import axis_reductions
+
 
 @dataclass
 class SummaryRow:
@@ -30,7 +32,8 @@ def summary(model: nn.Module, input_size: Sequence[int] = (1, 3, 256, 256),
             print_fn: Callable[[str], None] | None = print) -> list[SummaryRow]:
     """Print (and return) a table of the UNet's stages: output shape, parameters, forward FLOPs.
 
-    FLOPs count a multiply-add as two, as ``torch.utils.flop_counter`` does. Runs one forward pass in
+    FLOPs count a multiply-add as two, as ``torch.utils.flop_counter`` does. A 3D model takes
+    ``(N, C, D, H, W)``; a stage reduced differently per axis shows each (``/1x2x2``). Runs one forward pass in
     eval mode on zeros of ``input_size`` (on the model's device); the model's mode is restored after.
     """
     param = next(model.parameters())
@@ -55,7 +58,7 @@ def summary(model: nn.Module, input_size: Sequence[int] = (1, 3, 256, 256),
     enc_out = outs["encoder"]
     flops = {k.split(".", 1)[1] if "." in k else "": sum(v.values()) for k, v in counter.get_flop_counts().items()}
     rows = [SummaryRow("input", tuple(x.shape), None, None)]
-    reds = model.encoder.reductions
+    reds = [r[0] if len(set(r)) == 1 else "x".join(map(str, r)) for r in axis_reductions(model.encoder)]
     for i, f in enumerate(enc_out):
         rows.append(SummaryRow(f"encoder.stage{i} (/{reds[i]})", tuple(f.shape), None, None))
     rows.append(SummaryRow("encoder (total)", _shape(enc_out[-1]), _params(model.encoder), flops.get("encoder", 0)))
