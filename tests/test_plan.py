@@ -234,18 +234,21 @@ def test_evaluate_a_test_folder_scores_every_pixel(mixed_run, tmp_path, capsys):
     assert "(val split): scored 3 images" in capsys.readouterr().out
 
 
+class FakeClock:
+    """Seconds that pass only when a test says so (and 1 ms at every reading)."""
+
+    t = 0.0
+
+    def __call__(self) -> float:
+        self.t += 0.001
+        return self.t
+
+
 def test_time_budget_stops_on_time(tmp_path, monkeypatch):
     """A fake clock: every forward pass of the network takes 0.25 s, every reading of the clock 1 ms."""
     from unetkit.models import UNet
 
-    class Clock:
-        t = 0.0
-
-        def __call__(self) -> float:
-            self.t += 0.001
-            return self.t
-
-    clock = Clock()
+    clock = FakeClock()
     forward = UNet.forward
 
     def slow_forward(self, x):
@@ -304,14 +307,7 @@ def test_the_budget_holds_when_the_machine_slows_down_mid_run(tmp_path, monkeypa
     from unetkit.models import UNet
     from unetkit.train import Trainer
 
-    class Clock:
-        t = 0.0
-
-        def __call__(self) -> float:
-            self.t += 0.001
-            return self.t
-
-    clock = Clock()
+    clock = FakeClock()
     forward = UNet.forward
     calls = {"n": 0}
 
