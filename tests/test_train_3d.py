@@ -120,6 +120,10 @@ def test_evaluate_and_onnx_export_of_a_3d_model(run3d, iso_folder, tmp_path, cap
     assert main(["predict", str(onnx_path), str(iso_folder / "images" / "case_0.nii.gz"), "--out",
                  str(tmp_path / "p"), "--no-progress"]) == 0
     assert (tmp_path / "p" / "case_0.nii.gz").is_file()
+    # INT8: ONNX Runtime quantizes 3D convolutions too (QDQ), calibrated on whole training cases
+    assert main(["export", str(run3d), "--out", str(tmp_path / "q.onnx"), "--int8", "--calib-samples", "2"]) == 0
+    report = capsys.readouterr().out
+    assert (tmp_path / "q.int8.onnx").is_file() and "convs in INT8" in report and "| int8 |" in report
 
 
 def test_a_3d_run_resumes(run3d, tmp_path):

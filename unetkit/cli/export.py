@@ -82,7 +82,8 @@ def calibration_images(source: str, info: Any, samples: int, ckpt: dict[str, Any
     path = Path(source)
     if source.lower() in BUILTIN_DATASETS or (path.is_dir() and (path / "images").is_dir()):
         ds = _split(source, ckpt, "train")
-        return [ds[i][0] for i in _evenly(len(ds), samples)]
+        batch = getattr(ds, "spatial_dims", 2) == 3  # 3D cases: (1, C, D, H, W), not a batch of 2D images
+        return [ds[i][0][None] if batch else ds[i][0] for i in _evenly(len(ds), samples)]
     if not path.is_dir():
         raise CLIError(f"--calibration {source}: neither a built-in dataset ({', '.join(BUILTIN_DATASETS)}) "
                        "nor a folder of images")
@@ -132,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
             if val is None:
                 print(f"{data_src} has no validation split: INT8 accuracy report skipped")
             else:
-                eval_data = [(val[i][0], val[i][1]) for i in range(len(val))]
+                eval_data = [(val[i][0][None], val[i][1][None]) if getattr(val, "spatial_dims", 2) == 3
+                             else (val[i][0], val[i][1]) for i in range(len(val))]
     export_onnx(model, info, out, opset=args.opset, dynamo=not args.legacy_exporter)
     if not args.int8:
         return 0

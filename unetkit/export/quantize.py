@@ -88,13 +88,15 @@ class QuantReport:
 
 
 def _as_array(image: torch.Tensor | np.ndarray) -> np.ndarray:
-    """A contiguous float32 ``(N, C, H, W)`` array from a ``(C, H, W)`` or ``(N, C, H, W)`` image."""
+    """A contiguous float32 ``(N, C, H, W)`` array from a ``(C, H, W)`` or ``(N, C, H, W)`` image (a 3D model's
+    volumes come batched, ``(N, C, D, H, W)``)."""
     arr = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
     arr = arr.astype(np.float32, copy=False)
     if arr.ndim == 3:
         arr = arr[None]
-    if arr.ndim != 4:
-        raise ValueError(f"calibration images must be (C, H, W) or (N, C, H, W), got shape {arr.shape}")
+    if arr.ndim not in (4, 5):
+        raise ValueError(f"calibration images must be (C, H, W), (N, C, H, W) or (N, C, D, H, W), got shape "
+                         f"{arr.shape}")
     return np.ascontiguousarray(arr)
 
 
@@ -237,7 +239,7 @@ def compare_onnx(fp32_path: str | Path, int8_path: str | Path,
         first = x if first is None else first
         p32 = logits_to_labels(torch.from_numpy(s32.run(None, {name32: x})[0]))
         p8 = logits_to_labels(torch.from_numpy(s8.run(None, {name8: x})[0]))
-        target = mask if mask.ndim == 3 else mask[None]
+        target = mask if mask.ndim == p32.ndim else mask[None]
         m32.update(p32, target.long())
         m8.update(p8, target.long())
         same += int((p32 == p8).sum())
