@@ -14,6 +14,9 @@ from typing import Any
 
 import torch
 
+#: How every command describes --device.
+DEVICE_HELP = "auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N"
+
 
 def resolve_device(name: str | torch.device = "auto", local_rank: int = 0) -> torch.device:
     """``"auto"``: this process's GPU when CUDA is available, else the CPU; otherwise ``name`` as given.

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..device import resolve_amp, resolve_device
+from ..device import DEVICE_HELP, resolve_amp, resolve_device
 from .main import CLIError
 from .options import add_model_options, model_config_from_args
 
@@ -80,7 +80,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "or comma-separated widths, e.g. --decoders mirror 256,128,64,32")
     p.add_argument("--smp-encoder", default=None,
                    help="smp encoder to compare with (None: the same name when smp has it, else vgg16)")
-    p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP + " (default: cpu)")
     p.add_argument("--malloc", choices=("keep", "default"), default="keep",
                    help="CPU: keep = malloc reuses freed activations instead of unmapping them (no page "
                         "faults per step; see unetkit.bench.keep_freed_memory), default = glibc's behaviour")

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..device import DEVICE_HELP
 from .main import CLIError
 from .options import add_data_options, data_flags
 
@@ -24,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", metavar="OUT.json", help="also write the metrics as JSON")
     p.add_argument("--batch-size", type=int, default=8, help="images (or sliding windows) per forward pass "
                                                               "(default 8)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="auto",
                    help="autocast of the forward passes (logits and metrics stay fp32): auto (bf16/fp16 on CUDA, "
                         "bf16 on a CPU that runs it natively, else fp32), off (fp32), bf16, "

@@ -21,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "and normalisation in its metadata, verified with ONNX Runtime against PyTorch. With --int8 "
                     "also a statically quantized model (<out>.int8.onnx) and an fp32-vs-INT8 accuracy report.")
     p.add_argument("checkpoint", metavar="CKPT", help="checkpoint file or run directory")
-    p.add_argument("--format", default="onnx", choices=["onnx"], help="export format (default onnx)")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help=argparse.SUPPRESS)  # the one format
     p.add_argument("--out", default=None, metavar="PATH",
                    help="output .onnx file (default: the checkpoint's name with .onnx, beside it)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
@@ -146,6 +146,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {int8_path}: {report.convs_qdq + report.convs_qlinear} convs in INT8, {report.convs_float} in "
           f"float; calibrated on {len(calib)} image(s) of {calib_src}")
     if eval_data is not None:
-        print(f"\nfp32 vs INT8 on the validation split of {data_src} ({report.eval_images} images):\n")
+        print(f"\nfp32 vs INT8 on the validation split of {data_src} ({report.eval_images} images, ONNX Runtime, "
+              "each image whole in one pass, no sliding windows, so fp32 may differ a little from training's "
+              "tiled validation score):\n")
         print(report.table())
     return 0

@@ -54,7 +54,7 @@ def add_field(group: argparse._ActionsContainer, f: dataclasses.Field, hint: Any
         item = typing.get_args(base)[0]
         n = len(typing.get_args(base)) if origin is tuple and Ellipsis not in typing.get_args(base) else None
         nargs = "+" if n is None or f.name in ("patch_size", "spacing") else n
-        metavar = f.name.upper() if nargs == "+" else tuple(f"{f.name.upper()}{i + 1}" for i in range(n))
+        metavar = name.upper() if nargs == "+" else tuple(f"{name.upper()}{i + 1}" for i in range(n))
         if str in args:  # numbers or one word (--decoder-channels mirror); the config checks which
             item = _number_or_word(item)
         if typing.get_origin(item) in (tuple, list):  # per-stage axes (--strides 1x1x1 1x2x2): the config parses
@@ -68,7 +68,7 @@ def add_field(group: argparse._ActionsContainer, f: dataclasses.Field, hint: Any
         kw["metavar"] = "{" + ",".join(str(c) for c in shown) + "}"
         kw["choices"] = _Choices(shown, none=None in choices)
     else:
-        kw["metavar"] = f.name.upper()
+        kw["metavar"] = "DIR|NAME" if name == "data" else name.upper()
     group.add_argument(flag(name), type=kind, **kw)
 
 

@@ -16,6 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..device import DEVICE_HELP
 from .main import CLIError
 
 
@@ -37,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--probs", action="store_true", help="also write class probabilities as <stem>_probs.npy")
     p.add_argument("--batch-size", type=int, default=16, help="tiles (or volume slices) per forward pass (default 16)")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the class colours (default 0.5)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda when available)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="auto",
                    help="autocast of a checkpoint's forward passes (probabilities stay fp32): auto (bf16/fp16 on "
                         "CUDA, bf16 on a CPU that runs it natively, else fp32), off (fp32), "

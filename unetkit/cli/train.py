@@ -92,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     finally:  # leave the process group before exit: gloo's threads abort the process if torn down live
         cleanup_distributed()
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"done: best val mIoU {result.best_miou:.4f} at epoch {result.best_epoch}")
+        print(f"done: best val mIoU {result.best_miou:.4f} at epoch {result.best_epoch} (validation split, whole "
+              "images in the training patch's sliding windows, the training precision)")
         if result.final is not None:
             print(result.final.table())
         print(f"run directory: {result.run_dir}\nreport: {result.run_dir / 'report.html'}")

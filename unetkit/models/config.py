@@ -70,7 +70,8 @@ class UNetConfig:
         None, "per-stage conv kernel sizes (odd), one entry per encoder stage, each one int per spatial axis "
               "joined by x, e.g. 1x3x3 1x3x3 3x3x3 3x3x3; the decoder stage at the same resolution uses the "
               "same; none: 3 on every axis (plain encoder only)")
-    attention: str | None = option(None, "self: self-attention at the bottleneck", ATTENTIONS)
+    attention: str | None = option(None, "none, or self: self-attention at the bottleneck (default: none)",
+                                   ATTENTIONS)
     deep_supervision: bool = option(False, "auxiliary outputs (and losses) on every decoder stage")
     multiscale_fusion: bool = option(False, "fuse every decoder stage's prediction into the output")
 

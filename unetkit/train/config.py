@@ -18,6 +18,7 @@ from typing import Any
 
 from ..data.config import DataConfig
 from ..data.config import field_names as data_field_names
+from ..device import DEVICE_HELP
 from ..fields import check_value, option
 from ..models.config import UNetConfig
 from ..models.config import field_names as model_field_names
@@ -74,7 +75,7 @@ class TrainConfig:
                                "anatomy)")
     vflip: float = option(0.0, "probability of a vertical flip")
     rotate: float = option(0.0, "maximum rotation in degrees")
-    scale: tuple[float, float] | None = option(None, "zoom range, two numbers")
+    scale: tuple[float, float] | None = option(None, "zoom range as two factors, e.g. 0.9 1.1 (default: no zoom)")
     elastic: float = option(0.0, "probability of an elastic deformation")
     color_jitter: float = option(0.1, "brightness/contrast jitter strength")
     # optimisation
@@ -95,7 +96,7 @@ class TrainConfig:
     # reproducibility and hardware
     seed: int = option(0, "random seed")
     deterministic: bool = option(False, "deterministic kernels (slower on GPU)")
-    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    device: str = option("auto", DEVICE_HELP)
     num_workers: int | None = option(None, "data-loading processes (default: 0 on CPU, 4 on GPU)")
     channels_last: bool = option(True, "NHWC memory layout (measured faster for training on CPU, as on recent "
                                        "GPUs)")
