@@ -74,3 +74,73 @@ def test_sigterm_writes_the_checkpoint_and_exits_143(tmp_path):
     assert "terminated (SIGTERM)" in stderr and f"continue with: unetkit train --resume {out}" in stdout
     assert "Traceback" not in stderr
     assert read_checkpoint(out / "last.pt")["epoch"] >= 1
+
+
+def _folder(root: Path, masks: list) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for i, m in enumerate(masks):
+        Image.fromarray((np.arange(24 * 24).reshape(24, 24) % 200).astype("uint8")).save(root / "images" / f"{i}.png")
+        Image.fromarray(np.asarray(m, dtype="uint8")).save(root / "masks" / f"{i}.png")
+    return root
+
+
+def test_plan_warns_of_a_stray_label_and_of_masks_without_foreground(tmp_path, capsys):
+    import numpy as np
+
+    from unetkit.cli.main import main
+
+    m = np.zeros((24, 24), np.uint8)
+    m[4:9, 4:9] = 1
+    stray = m.copy()
+    stray[0, 0] = 77
+    _folder(tmp_path / "stray", [m, m, stray, m, m])
+    assert main(["plan", str(tmp_path / "stray")]) == 0
+    assert "76 of 77 foreground classes have no pixels" in capsys.readouterr().out
+    _folder(tmp_path / "empty", [np.zeros((24, 24))] * 5)
+    assert main(["plan", str(tmp_path / "empty"), "--num-classes", "2"]) == 0
+    assert "masks hold only background" in capsys.readouterr().out
+
+
+def test_odd_predict_inputs_and_outputs_are_named(tmp_path, capsys):
+    from unetkit.cli.main import main
+
+    model = Path(__file__).parent / "fixtures" / "v0" / "model2d.pt"
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "missing.png")
+    os.mkfifo(tmp_path / "fifo.png")
+    (tmp_path / "file").write_text("x")
+    cases = [([str(tmp_path / "dangling.png")], "a symbolic link to a missing file"),
+             ([str(tmp_path / "fifo.png")], "not a regular file"),
+             ([str(Path(__file__).parent / "fixtures" / "v0" / "inputs2d"), "--out-file"], "is a file, not a folder")]
+    for args, words in cases:
+        out = str(tmp_path / "file" / "sub") if args[-1] == "--out-file" else str(tmp_path / "o")
+        assert main(["predict", str(model), *[a for a in args if a != "--out-file"], "--out", out]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and words in err
+
+
+def test_a_second_resume_of_a_live_run_is_refused_before_the_data_loads(tmp_path, capsys, monkeypatch):
+    from filelock import FileLock
+
+    from unetkit import data as data_mod
+    from unetkit.atomic import LOCK_NAME
+    from unetkit.cli.main import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--data", "shapes", "--epochs", "1", "--base-channels", "4", "--depth", "2",
+                 "--samples", "0", "--no-boundary-f1", "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    held = FileLock(str(out / LOCK_NAME))
+    held.acquire()  # the live run
+    try:
+        def no_data(*a, **k):
+            raise AssertionError("the data was loaded before the lock was checked")
+
+        monkeypatch.setattr(data_mod, "open_datasets", no_data)
+        assert main(["train", "--resume", str(out), "--epochs", "2", "--no-progress"]) == 2
+        assert "another unetkit run is using this run folder" in capsys.readouterr().err
+    finally:
+        held.release()

@@ -29,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data.base import describe_split
     from ..device import resolve_device
     from ..train.plan import load_and_plan
+    from ..train.sanity import data_warnings
     from ..train.setup import check_run
 
     if args.dataset is not None:
@@ -37,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(cfg.device)
     train, val, fp, plan = load_and_plan(cfg, device)
     check_run(cfg, plan, train, val)  # what train would refuse, refused here too
+    for line in data_warnings(fp):
+        print(line)
     print(f"data {cfg.data.source}: {describe_split(train, val)}, {train.num_classes} classes\n")
     print(fp.summary())
     print(f"\nplan for {device.type.upper()} training:")

@@ -85,6 +85,10 @@ def expand_inputs(items: list[str]) -> list[Path]:
             found += images
         elif p.is_file():
             found.append(p)
+        elif p.is_symlink() and not p.exists():
+            raise ValueError(f"{item}: a symbolic link to a missing file; pass the image itself")
+        elif p.exists():
+            raise ValueError(f"{item}: not a regular file (a pipe or a device); pass image files or folders")
         elif GLOB_CHARS & set(item):
             matches = sorted(Path(m) for m in glob.glob(item, recursive=True))
             files = [m for m in matches if m.is_file()]
@@ -106,8 +110,9 @@ def expand_inputs(items: list[str]) -> list[Path]:
 
 def check_outputs(inputs: list[Path], out: Path) -> None:
     """Refuse an ``out`` that holds inputs (outputs would mix with or overwrite them) and clashing stems."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder; choose a folder")
+    for parent in (out, *out.parents):
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"--out {out}: {parent} is a file, not a folder; choose a folder")
     out_r = out.resolve()
     for f in inputs:
         if f.resolve().parent == out_r:
@@ -203,6 +208,12 @@ def _predict_volumes(predictor: Predictor, volumes: list[Path], out: Path, resul
     for f in volumes:
         try:
             vol = read_volume(f)
+            if vol.array.dtype.kind == "f" and np.isnan(vol.array).any():
+                raise ValueError("NaN voxels, which training refuses too; fill or crop them")
+        except ValueError as e:  # a check that failed (geometry, slices, NaN): its whole message
+            result.failed.append((f, " ".join(str(e).split())))
+            print(f"skipped {f}: {result.failed[-1][1]}", file=sys.stderr)
+            continue
         except Exception as e:  # noqa: BLE001 - any reader failure: report the file and go on
             result.failed.append((f, _why(e)))
             print(f"skipped {f}: {result.failed[-1][1]}", file=sys.stderr)

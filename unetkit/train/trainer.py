@@ -38,6 +38,7 @@ from .report import (
     TensorBoardLog,
     write_metrics_csv,
 )
+from .sanity import data_warnings
 from .setup import build_batches, build_model, channels_last, data_and_plan, default_run_dir, resolve_options
 
 
@@ -94,6 +95,9 @@ class Trainer(RunOutputs):
         cfg, ckpt = resolve_options(cfg, resume, log)
         self.cfg = cfg
         self.dist: DistInfo = init_distributed(cfg.device)
+        self._lock = None
+        if ckpt is not None and self.dist.is_main:  # a second --resume of a live run: refused before the data loads
+            self._lock = claim_run_folder(Path(cfg.out), resume=True, overwrite=overwrite)
         self.progress = progress
         self._log = log
         seed_everything(cfg.seed + self.dist.rank, cfg.deterministic)
@@ -318,8 +322,8 @@ class Trainer(RunOutputs):
     def run(self) -> RunResult:
         """Train, evaluate the best checkpoint, write the report; the run folder is locked meanwhile, and
         SIGTERM is handled as Ctrl-C is (checkpoint written, resume line printed)."""
-        lock = None
-        if self.dist.is_main:
+        lock = self._lock
+        if self.dist.is_main and lock is None:
             lock = claim_run_folder(self.run_dir, resume=self.start_epoch > 0, overwrite=self.overwrite)
         try:
             with sigterm_as_interrupt():
@@ -340,6 +344,8 @@ class Trainer(RunOutputs):
                 atomic_write(self.run_dir / "plan.yaml",
                              lambda tmp: tmp.write_text(yaml.safe_dump(plan_doc, sort_keys=False)))
         self.log(self.describe())
+        for line in data_warnings(self.fingerprint) if self.fingerprint is not None else []:
+            self.log(line)
         if self.start_epoch:
             self.log(f"resuming after epoch {self.start_epoch}, step {self.step} (best val mIoU "
                      f"{self.best_miou:.4f})")
