@@ -152,8 +152,8 @@ def check_run_size(patch_size: Sequence[int], batch_size: int, *, in_channels: i
 
     ``depth``/``base_channels`` are the plain UNet's (``None`` for a pretrained encoder: its own, estimated
     as depth 5, width 64). ``largest_image`` is the largest image's size per axis, for the depth and patch
-    rules of this module's docstring. ``given`` names the options the user set (the ones blamed and fixed;
-    all four when the plan chose them). ``limit_bytes`` defaults to :func:`available_bytes` of ``device``.
+    rules of this module's docstring. ``given`` names the options the user set (the ones blamed; by default
+    all four; an empty one blames "the planned sizes"). ``limit_bytes`` defaults to :func:`available_bytes` of ``device``.
     Raises ``ValueError`` (one line, naming the option, its value, the estimate, the limit and the fix).
     """
     patch = tuple(int(s) for s in patch_size)
@@ -181,9 +181,9 @@ def check_run_size(patch_size: Sequence[int], batch_size: int, *, in_channels: i
     limit = available_bytes(device) if limit_bytes is None else limit_bytes
     if limit is None or need <= limit:
         return need
-    blamed = [n for n in SIZE_OPTIONS if n in given] or list(SIZE_OPTIONS)
     values = {"patch_size": shown, "batch_size": batch_size, "depth": d, "base_channels": base}
-    what = ", ".join(f"{_flag(n)} {values[n]}" for n in blamed if plain or n in ("patch_size", "batch_size"))
+    what = ", ".join(f"{_flag(n)} {values[n]}" for n in SIZE_OPTIONS
+                     if n in given and (plain or n in ("patch_size", "batch_size")))
     fixed = estimate_step_bytes(patch, 0, in_channels, num_classes, d, base)
     per_sample = estimate_step_bytes(patch, 1, in_channels, num_classes, d, base) - fixed
     max_batch = int((limit - fixed) // per_sample) if limit > fixed else 0
@@ -193,7 +193,7 @@ def check_run_size(patch_size: Sequence[int], batch_size: int, *, in_channels: i
         fix = "use a smaller --patch-size, --depth or --base-channels"
     else:
         fix = "use a smaller --patch-size or encoder"
-    raise ValueError(f"{what or 'the planned run'}: a training step needs about {format_bytes(need)} of memory "
+    raise ValueError(f"{what or 'the planned sizes'}: a training step needs about {format_bytes(need)} of memory "
                      f"(patch {shown}, batch {batch_size}, depth {d}, width {base}) but {format_bytes(limit)} is "
                      f"available; {fix}")
 
@@ -207,4 +207,4 @@ def check_plan_size(plan: Any, cfg: Any, fp: Any, device: Any = None) -> float:
     return check_run_size(plan.patch_size, plan.batch_size, in_channels=model.in_channels,
                           num_classes=model.num_classes, depth=plan.depth if plain else None,
                           base_channels=plan.base_channels if plain else None, largest_image=largest,
-                          given=given or SIZE_OPTIONS, device=device)
+                          given=given, device=device)
