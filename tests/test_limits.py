@@ -337,6 +337,9 @@ def test_check_run_size_names_the_option_value_estimate_limit_and_fix(monkeypatc
     # a patch up to twice the image, or the image rounded up to the stride, is fine (padding is cheap there)
     check_run_size((80, 96), 2, **kw, largest_image=(40, 48), limit_bytes=10**12)  # type: ignore[arg-type]
     check_run_size((32, 32), 2, **{**kw, "depth": 6}, largest_image=(12, 12), limit_bytes=10**12)  # type: ignore[arg-type]
+    # stages that pool some axes only (anisotropic 3D) check their own strides: no depth rule here
+    assert check_run_size((8, 160, 160), 2, **{**kw, "depth": 6}, given=("patch_size", "depth"), check_depth=False,  # type: ignore[arg-type]
+                          limit_bytes=10**12) > 0
     # a pretrained encoder: no depth rule, estimated as depth 5 width 64
     with pytest.raises(ValueError, match=r"^--patch-size 512x512, --batch-size 64: .* depth 5, width 64\)"):
         check_run_size((512, 512), 64, in_channels=3, num_classes=2, limit_bytes=10**9)

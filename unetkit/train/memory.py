@@ -147,19 +147,20 @@ def largest_depth(side: int) -> int:
 def check_run_size(patch_size: Sequence[int], batch_size: int, *, in_channels: int, num_classes: int,
                    depth: int | None = None, base_channels: int | None = None,
                    largest_image: Sequence[int] | None = None, given: Collection[str] = SIZE_OPTIONS,
-                   limit_bytes: int | None = None, device: Any = None) -> float:
+                   limit_bytes: int | None = None, device: Any = None, check_depth: bool = True) -> float:
     """Refuse a run whose sizes cannot work, before anything is allocated; return the estimated step bytes.
 
     ``depth``/``base_channels`` are the plain UNet's (``None`` for a pretrained encoder: its own, estimated
     as depth 5, width 64). ``largest_image`` is the largest image's size per axis, for the depth and patch
     rules of this module's docstring. ``given`` names the options the user set (the ones blamed; by default
-    all four; an empty one blames "the planned sizes"). ``limit_bytes`` defaults to :func:`available_bytes` of ``device``.
+    all four; an empty one blames "the planned sizes"). ``check_depth=False`` skips the depth rule (a network
+    whose stages pool some axes only, as anisotropic 3D plans do, checks its own strides). ``limit_bytes`` defaults to :func:`available_bytes` of ``device``.
     Raises ``ValueError`` (one line, naming the option, its value, the estimate, the limit and the fix).
     """
     patch = tuple(int(s) for s in patch_size)
     shown = "x".join(str(s) for s in patch)
     plain = depth is not None
-    if plain and depth is not None:
+    if plain and depth is not None and check_depth:
         ref = patch if "patch_size" in given or largest_image is None else tuple(int(s) for s in largest_image)
         fits = largest_depth(min(ref))
         if depth > fits:
@@ -204,7 +205,9 @@ def check_plan_size(plan: Any, cfg: Any, fp: Any, device: Any = None) -> float:
     plain = model.encoder == "plain"
     largest = fp.size_stats().get("max") if fp is not None else None
     given = [n for n in SIZE_OPTIONS if plan.reasons.get(n) == "given"]
-    return check_run_size(plan.patch_size, plan.batch_size, in_channels=model.in_channels,
-                          num_classes=model.num_classes, depth=plan.depth if plain else None,
+    in_channels = getattr(fp, "in_channels", None) or model.in_channels
+    num_classes = getattr(fp, "num_classes", None) or model.num_classes
+    return check_run_size(plan.patch_size, plan.batch_size, in_channels=int(in_channels),
+                          num_classes=int(num_classes), depth=plan.depth if plain else None,
                           base_channels=plan.base_channels if plain else None, largest_image=largest,
-                          given=given, device=device)
+                          given=given, device=device, check_depth=getattr(plan, "strides", None) is None)
