@@ -147,19 +147,20 @@ def largest_depth(side: int) -> int:
 def check_run_size(patch_size: Sequence[int], batch_size: int, *, in_channels: int, num_classes: int,
                    depth: int | None = None, base_channels: int | None = None,
                    largest_image: Sequence[int] | None = None, given: Collection[str] = SIZE_OPTIONS,
-                   limit_bytes: int | None = None, device: Any = None) -> float:
+                   limit_bytes: int | None = None, device: Any = None, check_depth: bool = True) -> float:
     """Refuse a run whose sizes cannot work, before anything is allocated; return the estimated step bytes.
 
     ``depth``/``base_channels`` are the plain UNet's (``None`` for a pretrained encoder: its own, estimated
     as depth 5, width 64). ``largest_image`` is the largest image's size per axis, for the depth and patch
-    rules of this module's docstring. ``given`` names the options the user set (the ones blamed and fixed;
-    all four when the plan chose them). ``limit_bytes`` defaults to :func:`available_bytes` of ``device``.
+    rules of this module's docstring. ``given`` names the options the user set (the ones blamed; by default
+    all four; an empty one blames "the planned sizes"). ``check_depth=False`` skips the depth rule (a network
+    whose stages pool some axes only, as anisotropic 3D plans do, checks its own strides). ``limit_bytes`` defaults to :func:`available_bytes` of ``device``.
     Raises ``ValueError`` (one line, naming the option, its value, the estimate, the limit and the fix).
     """
     patch = tuple(int(s) for s in patch_size)
     shown = "x".join(str(s) for s in patch)
     plain = depth is not None
-    if plain and depth is not None:
+    if plain and depth is not None and check_depth:
         ref = patch if "patch_size" in given or largest_image is None else tuple(int(s) for s in largest_image)
         fits = largest_depth(min(ref))
         if depth > fits:
@@ -181,9 +182,9 @@ def check_run_size(patch_size: Sequence[int], batch_size: int, *, in_channels: i
     limit = available_bytes(device) if limit_bytes is None else limit_bytes
     if limit is None or need <= limit:
         return need
-    blamed = [n for n in SIZE_OPTIONS if n in given] or list(SIZE_OPTIONS)
     values = {"patch_size": shown, "batch_size": batch_size, "depth": d, "base_channels": base}
-    what = ", ".join(f"{_flag(n)} {values[n]}" for n in blamed if plain or n in ("patch_size", "batch_size"))
+    what = ", ".join(f"{_flag(n)} {values[n]}" for n in SIZE_OPTIONS
+                     if n in given and (plain or n in ("patch_size", "batch_size")))
     fixed = estimate_step_bytes(patch, 0, in_channels, num_classes, d, base)
     per_sample = estimate_step_bytes(patch, 1, in_channels, num_classes, d, base) - fixed
     max_batch = int((limit - fixed) // per_sample) if limit > fixed else 0
@@ -193,7 +194,7 @@ def check_run_size(patch_size: Sequence[int], batch_size: int, *, in_channels: i
         fix = "use a smaller --patch-size, --depth or --base-channels"
     else:
         fix = "use a smaller --patch-size or encoder"
-    raise ValueError(f"{what or 'the planned run'}: a training step needs about {format_bytes(need)} of memory "
+    raise ValueError(f"{what or 'the planned sizes'}: a training step needs about {format_bytes(need)} of memory "
                      f"(patch {shown}, batch {batch_size}, depth {d}, width {base}) but {format_bytes(limit)} is "
                      f"available; {fix}")
 
@@ -204,8 +205,9 @@ def check_plan_size(plan: Any, cfg: Any, fp: Any, device: Any = None) -> float:
     plain = model.encoder == "plain"
     largest = fp.size_stats().get("max") if fp is not None else None
     given = [n for n in SIZE_OPTIONS if plan.reasons.get(n) == "given"]
-    return check_run_size(plan.patch_size, plan.batch_size, in_channels=fp.in_channels if fp is not None else
-                          model.in_channels, num_classes=fp.num_classes if fp is not None else model.num_classes,
-                          depth=plan.depth if plain else None,
+    in_channels = getattr(fp, "in_channels", None) or model.in_channels
+    num_classes = getattr(fp, "num_classes", None) or model.num_classes
+    return check_run_size(plan.patch_size, plan.batch_size, in_channels=int(in_channels),
+                          num_classes=int(num_classes), depth=plan.depth if plain else None,
                           base_channels=plan.base_channels if plain else None, largest_image=largest,
-                          given=given or SIZE_OPTIONS, device=device)
+                          given=given, device=device, check_depth=getattr(plan, "strides", None) is None)

@@ -20,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..checkpoint import read_checkpoint
+from ..checkpoint_bounds import check_checkpoint
 from ..data import BUILTIN_DATASETS, AugmentConfig, SegmentationDataset
 from ..data.fingerprint import Fingerprint
 from ..data.patches import PatchDataset
@@ -73,6 +74,7 @@ def resolve_options(cfg: TrainConfig | None, resume: str | Path | None, log: Cal
             raise ValueError(f"{path}: no last.pt in this folder, so there is nothing to resume; start the run "
                              "without --resume (add --overwrite to reuse the folder)")
         ckpt = read_checkpoint(path / "last.pt" if path.is_dir() else path)
+        check_checkpoint(ckpt)  # its config against sane bounds and its own tensors, before anything is built
         if "optimizer" not in ckpt:
             raise ValueError(f"{ckpt['path']}: holds the model but no training state (best.pt does not); resume from "
                              f"{Path(ckpt['path']).parent / 'last.pt'} or the run folder")
