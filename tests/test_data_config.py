@@ -45,10 +45,10 @@ def test_configs_of_earlier_versions_read_the_same():
         TrainConfig.from_dict({"data": {"source": "x", "val_fraction": 1.5}})
 
 
-def test_every_data_option_is_a_flag_of_train_plan_and_evaluate():
+def test_every_data_option_is_a_flag_of_train_plan_evaluate_and_export():
     names = [n for n in field_names() if n != "options"]
     assert len(names) == 11
-    for command in ("train", "plan", "evaluate"):
+    for command in ("train", "plan", "evaluate", "export"):
         flags = {s for a in _subparser(command)._actions for s in a.option_strings}
         missing = [n for n in names if "--" + FLAG_NAMES.get(n, n).replace("_", "-") not in flags]
         assert not missing, f"{command} lacks {missing}"

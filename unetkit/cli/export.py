@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .main import CLIError
+from .options import add_data_options, data_flags
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -33,8 +34,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "(default: the training split of the checkpoint's dataset)")
     p.add_argument("--calib-samples", type=int, default=32, metavar="N",
                    help="number of calibration images, evenly spaced (default 32)")
-    p.add_argument("--data", default=None, metavar="DIR|NAME",
-                   help="dataset whose validation split the INT8 report uses (default: the checkpoint's dataset)")
     p.add_argument("--quant-format", default="qdq", choices=["qdq", "qoperator"],
                    help="INT8 graph format (default qdq)")
     p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor instead of per channel")
@@ -44,6 +43,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quantize-head", action="store_true",
                    help="quantize the final 1x1 head conv too (default: kept in float; it is cheap and its "
                         "quantized logits cost argmax agreement)")
+    add_data_options(p, title="data of the INT8 accuracy report (default: the model's own validation split; "
+                              "classes, channels and volume slicing must be the model's)")
     p.set_defaults(func=run)
 
 
@@ -54,12 +55,12 @@ def checkpoint_dataset(ckpt: dict[str, Any]) -> str | None:
     return checkpoint_data_config(ckpt).source or None
 
 
-def _split(name: str, ckpt: dict[str, Any], split: str) -> Any:
+def _split(name: str, ckpt: dict[str, Any], split: str, **overrides: Any) -> Any:
     """One split of a dataset, read and normalised as the model was trained (for the checkpoint's own dataset
     the training run's split seed, share and options, so the validation split is the one it was validated on)."""
     from ..checkpoint import checkpoint_datasets
 
-    train, val = checkpoint_datasets(ckpt, name)
+    train, val = checkpoint_datasets(ckpt, name, **overrides)
     return train if split == "train" else val
 
 
@@ -122,14 +123,15 @@ def run(args: argparse.Namespace) -> int:
     # Every input of --int8 is read before anything is written: a bad --calibration or --data leaves no file.
     calib: list[Any] = []
     eval_data = None
-    data_src = args.data or trained_on
+    overrides = data_flags(args)
+    data_src = overrides.pop("source", None) or trained_on
     if args.int8:
         assert calib_src is not None
         calib = calibration_images(calib_src, info, args.calib_samples, ckpt)
         if data_src is None:
             print("no --data and the checkpoint names no dataset: INT8 accuracy report skipped")
         else:
-            val = _split(data_src, ckpt, "val")
+            val = _split(data_src, ckpt, "val", **overrides)
             if val is None:
                 print(f"{data_src} has no validation split: INT8 accuracy report skipped")
             else:
