@@ -310,7 +310,7 @@ def test_export_cli_writes_fp32_and_int8_with_report(ckpt_and_images, tmp_path, 
     assert rc == 0
     text = capsys.readouterr().out
     assert out.is_file() and (tmp_path / "m.int8.onnx").is_file()
-    assert "| fp32 |" in text and "| int8 |" in text and "validation split of ct-chest (8 images)" in text
+    assert "| fp32 |" in text and "| int8 |" in text and "validation split of ct-chest (8 images, ONNX Runtime" in text
     assert "12 convs in INT8, 1 in float" in text
     assert read_onnx_metadata(tmp_path / "m.int8.onnx")[0].class_names[0] == "background"
 
