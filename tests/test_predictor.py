@@ -104,7 +104,7 @@ def test_large_images_are_predicted_in_bands_with_the_whole_image_result(predict
     image = rng.integers(0, 255, (301, 170), dtype=np.uint8)
     whole = predictor2d.predict_labels(image)
     whole_probs = predictor2d.predict(image, output="probs")
-    monkeypatch.setattr(predictor_mod, "BAND_PIXELS", 100 * 170)  # bands of 92 rows (two 46-row tiles)
+    monkeypatch.setattr(predictor_mod, "BAND_PIXELS", 100 * 170)  # bands of 184 rows (4 tile heights)
     banded = predictor2d.predict_labels(image, probs_path=tmp_path / "p.npy")
     assert banded.dtype == np.uint8 and (banded == whole).all()
     assert np.allclose(np.load(tmp_path / "p.npy"), whole_probs, atol=1e-6)

@@ -164,7 +164,8 @@ class Predictor:
         align = _per_axis(model_stride(self.model), 2)
         ys = tile_starts(h, tile[0], self.overlap, align[0])
         xs = tile_starts(w, tile[1], self.overlap, align[1])
-        rows = max(tile[0], BAND_PIXELS // w // tile[0] * tile[0])
+        # at least 4 tile heights a band, so few windows (those across a band's edge) are computed twice
+        rows = max(4 * tile[0], BAND_PIXELS // w // tile[0] * tile[0])
         labels = np.empty((h, w), dtype)
         probs = None
         if probs_path is not None:
