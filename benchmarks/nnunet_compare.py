@@ -105,11 +105,12 @@ def sliding_tiles(shape: Sequence[int], patch: Sequence[int], step: float = 0.5)
     return n
 
 
-def prediction_seconds(shapes: Sequence[Sequence[int]], patch: Sequence[int], forward_s: float,
-                       mirror_axes: int = 2, fixed_s: float = 5.0) -> float:
-    """Seconds to reserve for predicting ``shapes`` at ``forward_s`` per patch, with every mirrored
-    copy (``2 ** mirror_axes`` passes per patch) and ``fixed_s`` for starting and writing."""
-    return sum(sliding_tiles(s, patch) for s in shapes) * 2 ** mirror_axes * forward_s + fixed_s
+def prediction_seconds(shapes: Sequence[Sequence[int]], patch: Sequence[int], first_case_s: float,
+                       fixed_s: float = 15.0) -> float:
+    """Seconds to reserve for predicting ``shapes`` when the first of them took ``first_case_s``:
+    each case in proportion to its sliding-window tiles, plus ``fixed_s`` for nnU-Net's worker processes."""
+    first = sliding_tiles(shapes[0], patch)
+    return sum(sliding_tiles(s, patch) for s in shapes) / first * first_case_s + fixed_s
 
 
 # ----------------------------------------------------------------------------- conversion
@@ -224,14 +225,15 @@ def set_paths(work: Path) -> dict[str, Path]:
 
 
 def plan_and_preprocess(dataset_id: int = DATASET_ID, processes: int = 2) -> dict[str, Any]:
-    """``nnUNetv2_plan_and_preprocess -d ID -c 2d --verify_dataset_integrity`` in Python; returns the plans."""
+    """``nnUNetv2_plan_and_preprocess -d ID -c 2d`` in Python (its default: no integrity check, which
+    :func:`convert`'s own layout does not need); returns the plans."""
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (
         extract_fingerprint_dataset,
         plan_experiment_dataset,
         preprocess_dataset,
     )
 
-    extract_fingerprint_dataset(dataset_id, num_processes=processes, check_dataset_integrity=True,
+    extract_fingerprint_dataset(dataset_id, num_processes=processes, check_dataset_integrity=False,
                                 clean=True, verbose=False, show_progress_bar=False)
     plans, _ = plan_experiment_dataset(dataset_id)
     preprocess_dataset(dataset_id, PLANS, (CONFIGURATION,), (processes,), show_progress_bar=False)
@@ -248,16 +250,17 @@ def budget_trainer_class() -> type:
         """Times a first epoch of a few iterations, then fits epochs x iterations to the deadline.
 
         Everything else (data loading, augmentation, SGD, loss, deep supervision, checkpoints) is the
-        base class's. ``deadline`` (on ``clock``) and ``reserve_s`` are set by :meth:`set_budget`: the
+        base class's. ``deadline`` (on ``clock``) and ``reserve`` are set by :meth:`set_budget`: the
         base class records its ``__init__`` arguments for checkpoints, so the signature stays its own.
         """
 
         probe_warmup = 2  # untimed first iterations (allocations, compilation)
         probe_timed = 5
 
-        def set_budget(self, deadline: float, reserve: Callable[[float], float],
+        def set_budget(self, deadline: float, reserve: Callable[[Any], float],
                        clock: Callable[[], float] = time.perf_counter) -> None:
-            """Train until ``deadline``, leaving ``reserve(forward_s)`` seconds for prediction."""
+            """Train until ``deadline``, leaving ``reserve(self)`` seconds (timed after the first epoch)
+            for prediction."""
             self.deadline, self.reserve, self.clock = deadline, reserve, clock
             self.fitted: dict[str, Any] = {}
 
@@ -284,7 +287,8 @@ def budget_trainer_class() -> type:
             self.on_epoch_end()
             epoch_s = self.clock() - t0
             train_s, val_s = float(np.median(times)), val_times[-1]
-            reserve = self.reserve(val_s / self.batch_size)
+            reserve = self.reserve(self)
+            self.set_deep_supervision_enabled(self.enable_deep_supervision)
             left = self.deadline - self.clock() - reserve
             plan = fit_schedule(left, train_s, val_s, epoch_s)
             self.num_epochs = 1 + plan.epochs
@@ -318,7 +322,7 @@ def budget_trainer_class() -> type:
     return BudgetTrainer
 
 
-def train(dataset_id: int, deadline: float, reserve: Callable[[float], float], device: str = "cpu",
+def train(dataset_id: int, deadline: float, reserve: Callable[[Any], float], device: str = "cpu",
           clock: Callable[[], float] = time.perf_counter) -> Any:
     """Train nnU-Net's 2d configuration on fold "all" until ``deadline``; returns the trainer."""
     import multiprocessing
@@ -343,25 +347,44 @@ def train(dataset_id: int, deadline: float, reserve: Callable[[float], float], d
     return trainer
 
 
-def predict(trainer: Any, images: Path, out: Path, processes: int = 2) -> None:
-    """nnUNetPredictor (its defaults: step 0.5, Gaussian, mirroring) on ``images`` with the weights of
-    the trainer's ``checkpoint_final.pth``, in the trainer's network (deep supervision off)."""
-    import torch
+def predictor_for(trainer: Any, weights: dict | None = None) -> Any:
+    """nnUNetPredictor with its defaults (step 0.5, Gaussian, mirroring) around the trainer's network
+    (deep supervision off), with ``weights`` (default: the network's current ones)."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    final = torch.load(Path(trainer.output_folder) / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     trainer.set_deep_supervision_enabled(False)
     network = getattr(trainer.network, "_orig_mod", trainer.network)  # torch.compile'd on CUDA: the module
     network.eval()
     predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
                                 perform_everything_on_device=True, device=trainer.device, verbose=False,
-                                allow_tqdm=False)
-    predictor.manual_initialization(network, trainer.plans_manager, trainer.configuration_manager,
-                                    [final["network_weights"]],
+                                verbose_preprocessing=False, allow_tqdm=False)
+    params = weights if weights is not None else {k: v.detach().clone() for k, v in network.state_dict().items()}
+    predictor.manual_initialization(network, trainer.plans_manager, trainer.configuration_manager, [params],
                                     trainer.dataset_json, trainer.__class__.__name__,
                                     trainer.inference_allowed_mirroring_axes)
-    predictor.predict_from_files(str(images), str(out), save_probabilities=False, overwrite=True,
-                                 num_processes_preprocessing=processes, num_processes_segmentation_export=processes)
+    return predictor
+
+
+def time_first_prediction(trainer: Any, files: list[str]) -> float:
+    """Seconds nnU-Net's predictor takes for one case (``files``: its channel files), in this process."""
+    from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
+
+    t0 = time.perf_counter()
+    image, props = NaturalImage2DIO().read_images(files)
+    predictor_for(trainer).predict_single_npy_array(image, props)
+    seconds = time.perf_counter() - t0
+    trainer.network.train()
+    return seconds
+
+
+def predict(trainer: Any, images: Path, out: Path, processes: int = 2) -> None:
+    """nnUNetPredictor on ``images`` with the weights of the trainer's ``checkpoint_final.pth``."""
+    import torch
+
+    final = torch.load(Path(trainer.output_folder) / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    predictor_for(trainer, final["network_weights"]).predict_from_files(
+        str(images), str(out), save_probabilities=False, overwrite=True,
+        num_processes_preprocessing=processes, num_processes_segmentation_export=processes)
 
 
 def run(data: str, budget: float, work: Path, device: str = "cpu") -> dict[str, Any]:
@@ -382,7 +405,9 @@ def run(data: str, budget: float, work: Path, device: str = "cpu") -> dict[str, 
     t_planned = time.perf_counter()
     patch = plans["configurations"][CONFIGURATION]["patch_size"]
     shapes = [val.image_size(i) for i in range(len(val))]
-    trainer = train(DATASET_ID, deadline, lambda forward_s: prediction_seconds(shapes, patch, forward_s), device)
+    first = sorted(str(p) for p in (folder / "imagesTs").glob(f"ts_0000_*{dataset_json['file_ending']}"))
+    trainer = train(DATASET_ID, deadline,
+                    lambda t: prediction_seconds(shapes, patch, time_first_prediction(t, first)), device)
     t_trained = time.perf_counter()
     predict(trainer, folder / "imagesTs", work / "predictions", processes)
     t_done = time.perf_counter()

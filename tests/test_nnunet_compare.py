@@ -72,7 +72,7 @@ def test_prediction_reserve() -> None:
     assert sliding_tiles((34, 128), (40, 112)) == 2  # padded to 40 rows; 128 columns need two tiles
     assert sliding_tiles((200, 40), (96, 96)) == 4 * 1
     assert sliding_tiles((96, 96), (96, 96)) == 1
-    assert prediction_seconds([(34, 128)] * 3, (40, 112), 0.5, mirror_axes=2, fixed_s=1.0) == 3 * 2 * 4 * 0.5 + 1
+    assert prediction_seconds([(34, 128), (34, 300), (20, 20)], (40, 112), 2.0, fixed_s=1.0) == (2 + 5 + 1) / 2 * 2.0 + 1
 
 
 # ----------------------------------------------------------------------------- conversion and scoring
