@@ -377,14 +377,22 @@ def time_first_prediction(trainer: Any, files: list[str]) -> float:
     return seconds
 
 
-def predict(trainer: Any, images: Path, out: Path, processes: int = 2) -> None:
-    """nnUNetPredictor on ``images`` with the weights of the trainer's ``checkpoint_final.pth``."""
+def predict(trainer: Any, images: Path, out: Path, processes: int = 0) -> None:
+    """nnUNetPredictor on ``images`` with the weights of the trainer's ``checkpoint_final.pth``.
+
+    ``processes=0`` is its sequential mode (``nnUNetv2_predict -npp 0 -nps 0``), the choice on a CPU:
+    preprocessing and export workers would compete for the cores the network runs on.
+    """
     import torch
 
     final = torch.load(Path(trainer.output_folder) / "checkpoint_final.pth", map_location="cpu", weights_only=False)
-    predictor_for(trainer, final["network_weights"]).predict_from_files(
-        str(images), str(out), save_probabilities=False, overwrite=True,
-        num_processes_preprocessing=processes, num_processes_segmentation_export=processes)
+    predictor = predictor_for(trainer, final["network_weights"])
+    if processes == 0:
+        predictor.predict_from_files_sequential(str(images), str(out), save_probabilities=False, overwrite=True)
+    else:
+        predictor.predict_from_files(str(images), str(out), save_probabilities=False, overwrite=True,
+                                     num_processes_preprocessing=processes,
+                                     num_processes_segmentation_export=processes)
 
 
 def run(data: str, budget: float, work: Path, device: str = "cpu") -> dict[str, Any]:
@@ -409,7 +417,7 @@ def run(data: str, budget: float, work: Path, device: str = "cpu") -> dict[str, 
     trainer = train(DATASET_ID, deadline,
                     lambda t: prediction_seconds(shapes, patch, time_first_prediction(t, first)), device)
     t_trained = time.perf_counter()
-    predict(trainer, folder / "imagesTs", work / "predictions", processes)
+    predict(trainer, folder / "imagesTs", work / "predictions", 0 if device == "cpu" else processes)
     t_done = time.perf_counter()
     result = score(work / "predictions", val, dataset_json["file_ending"])
     result.update(seconds=round(t_done - t_start, 1), budget_s=budget, device=device, patch=list(patch),
