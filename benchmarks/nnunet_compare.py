@@ -108,7 +108,7 @@ def sliding_tiles(shape: Sequence[int], patch: Sequence[int], step: float = 0.5)
 def prediction_seconds(shapes: Sequence[Sequence[int]], patch: Sequence[int], first_case_s: float,
                        fixed_s: float = 15.0) -> float:
     """Seconds to reserve for predicting ``shapes`` when the first of them took ``first_case_s``:
-    each case in proportion to its sliding-window tiles, plus ``fixed_s`` for nnU-Net's worker processes."""
+    each case in proportion to its sliding-window tiles, plus ``fixed_s`` (start, writing, any workers)."""
     first = sliding_tiles(shapes[0], patch)
     return sum(sliding_tiles(s, patch) for s in shapes) / first * first_case_s + fixed_s
 
