@@ -12,6 +12,13 @@ training process) of
 
 and, with ``--big``, the peak memory of ``unetkit train`` on a folder holding 4000x4000 images.
 
+``--compare nnunet`` adds (d) nnU-Net v2 (``pip install -e ".[bench]"``): its own conversion, planning,
+preprocessing, training (fold "all", schedule length fitted to the same wall time as (a)) and
+prediction, scored by our metrics on the same validation pixels (``benchmarks/nnunet_compare.py``):
+
+    python benchmarks/bench_datasets.py --suite /tmp/devsuite --datasets ct-coronal --budget 180 --no-smp \
+        --compare nnunet --json benchmarks/results/nnunet.json
+
     python benchmarks/devsuite.py /tmp/devsuite
     python benchmarks/bench_datasets.py --suite /tmp/devsuite --budget 180 --previous-src /tmp/prev --big \\
         --json benchmarks/results/datasets.json
@@ -72,7 +79,7 @@ def ours(data: str, budget: float, out: Path, flags: Sequence[str] = ()) -> dict
                      "--out", str(out), "--quiet", *flags], log=out.with_suffix(".log"))
     if r["rc"] == 0:
         m = json.loads((out / "metrics.json").read_text())
-        r.update(miou=m["miou"], steps=m["steps"])
+        r.update(miou=m["miou"], dice=m["dice"], pixels=m["pixels"], steps=m["steps"])
         if flags:
             r["flags"] = " ".join(flags)
     return r
@@ -92,6 +99,23 @@ def smp_reference(data: str, budget: float, out: Path, encoder: str = "resnet34"
     if r["rc"] == 0:
         r.update(json.loads(out.with_suffix(".json").read_text()))
     return r
+
+
+def nnunet_reference(data: str, budget: float, out: Path, device: str = "cpu") -> dict[str, Any]:
+    """(d): nnU-Net v2 from raw data to scored predictions in ``budget`` seconds (its own process)."""
+    script = Path(__file__).with_name("nnunet_compare.py")
+    r = run_process([sys.executable, str(script), "--data", data, "--budget", str(budget), "--device", device,
+                     "--work", str(out), "--json", str(out.with_suffix(".json"))], log=out.with_suffix(".log"))
+    if r["rc"] == 0:
+        r.update(json.loads(out.with_suffix(".json").read_text()))
+    return r
+
+
+def check_pixels(row: dict[str, Any]) -> None:
+    """Every scored run of a data set must have been scored on the same number of validation pixels."""
+    counts = {k: v["pixels"] for k, v in row.items() if v.get("pixels") is not None}
+    if len(set(counts.values())) > 1:
+        raise AssertionError(f"runs scored on different numbers of pixels: {counts}")
 
 
 def smp_loop(data: str, budget: float, encoder: str = "resnet34") -> dict[str, Any]:
@@ -183,6 +207,9 @@ def main() -> None:
                    help="run (a) once per variant with these extra 'unetkit train' flags (repeatable)")
     p.add_argument("--smp-encoder", default="resnet34", help="encoder of the smp reference (c)")
     p.add_argument("--no-smp", action="store_true", help="skip the smp reference (c)")
+    p.add_argument("--compare", action="append", default=[], choices=["nnunet"],
+                   help="add a comparator (repeatable): nnunet = nnU-Net v2 under the same wall time as (a)")
+    p.add_argument("--nnunet-device", default="cpu", help="device of the nnU-Net comparator (cpu or cuda)")
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--smp-run", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -216,8 +243,14 @@ def main() -> None:
         if not args.no_smp:
             first = next(iter(row.values()))
             row["smp"] = smp_reference(data, first["seconds"], work / f"{name}-smp", args.smp_encoder)
+        if "nnunet" in args.compare:
+            first = next(iter(row.values()))
+            row["nnunet"] = nnunet_reference(data, first["seconds"], work / f"{name}-nnunet", args.nnunet_device)
+            check_pixels(row)
+            row["nnunet"]["pixels_match"] = row["nnunet"].get("pixels") == first.get("pixels")
         results["datasets"][name] = row
-        print(name, json.dumps({k: {kk: v.get(kk) for kk in ("rc", "miou", "seconds", "peak_mb", "steps")}
+        print(name, json.dumps({k: {kk: v.get(kk) for kk in ("rc", "miou", "dice", "seconds", "peak_mb", "steps",
+                                                             "pixels")}
                                 for k, v in row.items()}), flush=True)
     if args.big:
         folder = big_folder(work / "big")

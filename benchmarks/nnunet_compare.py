@@ -1,0 +1,450 @@
+"""nnU-Net v2 as a comparator of the development suite, under the same wall-time budget as ours.
+
+nnU-Net's own pipeline runs unchanged: our data set is written in its raw layout (our validation split
+becomes its test images), its fingerprint extraction, experiment planner and preprocessing build the
+``2d`` configuration, its trainer trains fold ``"all"`` (every training case) with its augmentation, SGD
+and poly schedule, deep supervision and loss, and its ``nnUNetPredictor`` (sliding windows, Gaussian
+weighting, mirroring) predicts the test images. One thing is changed: the schedule's length. A subclass
+of its trainer times a short first epoch and fits the number of epochs and iterations per epoch to what
+is left of the budget (:func:`fit_schedule`), with the poly schedule spanning the shortened run. The
+budget is the whole wall time from raw data to predictions, as ours runs from raw data to its final
+evaluation. Predictions are scored by :mod:`unetkit.metrics` on the validation masks as our data layer
+reads them, so both are scored on the same pixels.
+
+The trainer subclass is never looked up by name: it is instantiated directly in Python, and the trained
+network is handed to the predictor with ``nnUNetPredictor.manual_initialization`` (as nnU-Net's own final
+validation does), so nothing is copied into nnU-Net's package.
+
+    python benchmarks/nnunet_compare.py --data /tmp/devsuite/ct-coronal --budget 180 --json nnunet.json
+
+``benchmarks/bench_datasets.py --compare nnunet`` runs it next to ours, one process per run.
+nnU-Net reads ``nnUNet_raw``, ``nnUNet_preprocessed`` and ``nnUNet_results`` when it is first imported,
+so :func:`run` sets them (to folders in its work folder) before importing it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DATASET_ID = 501  # any id works: every run has its own nnU-Net folders
+PLANS = "nnUNetPlans"  # nnU-Net's default planner (ExperimentPlanner) writes these plans
+CONFIGURATION = "2d"
+FOLD = "all"  # train on every training case; nnU-Net then validates on the same cases
+ITERATIONS = 250  # nnU-Net's iterations per epoch, the most a fitted epoch gets
+VAL_RATIO = 50 / 250  # nnU-Net's validation iterations per training iteration
+MIN_EPOCHS = 10  # so the poly schedule decays in at least this many steps when the budget allows
+
+
+# ----------------------------------------------------------------------------- budget arithmetic (pure)
+@dataclass(frozen=True)
+class Schedule:
+    """Fitted epochs after the timing epoch, training and validation iterations per epoch."""
+
+    epochs: int
+    iterations: int
+    val_iterations: int
+
+    @property
+    def total_iterations(self) -> int:
+        return self.epochs * self.iterations
+
+
+def fit_schedule(seconds: float, train_s: float, val_s: float, epoch_s: float = 0.0, *,
+                 max_iterations: int = ITERATIONS, val_ratio: float = VAL_RATIO,
+                 min_epochs: int = MIN_EPOCHS) -> Schedule:
+    """Epochs x iterations that fit ``seconds`` at ``train_s`` per training and ``val_s`` per validation
+    iteration plus ``epoch_s`` per epoch (checkpoints, logs).
+
+    Epochs keep nnU-Net's shape (``max_iterations`` training iterations and ``val_ratio`` as many
+    validation iterations) when at least ``min_epochs`` of them fit; shorter budgets shorten the epochs
+    instead, so the per-epoch poly schedule still decays in ``min_epochs`` steps.
+    """
+    if seconds <= 0 or train_s <= 0:
+        return Schedule(0, 0, 0)
+
+    def val_iterations(iterations: int) -> int:
+        return max(1, round(iterations * val_ratio))
+
+    def epoch_cost(iterations: int) -> float:
+        return iterations * train_s + val_iterations(iterations) * max(val_s, 0.0) + max(epoch_s, 0.0)
+
+    iterations = max_iterations
+    while iterations > 1 and seconds / epoch_cost(iterations) < min_epochs:
+        # the most iterations that give min_epochs epochs (per-epoch costs make it a fixed point)
+        fit = int((seconds / min_epochs - max(epoch_s, 0.0)) / (train_s + val_ratio * max(val_s, 0.0)))
+        iterations = max(1, min(iterations - 1, fit))
+    epochs = int(seconds // epoch_cost(iterations))
+    if epochs == 0:
+        return Schedule(0, 0, 0)
+    return Schedule(epochs, iterations, val_iterations(iterations))
+
+
+def poly_lr(initial_lr: float, epoch: int, epochs: int, exponent: float = 0.9) -> float:
+    """nnU-Net's poly schedule: the learning rate of ``epoch`` in a run of ``epochs`` epochs."""
+    return initial_lr * (1 - epoch / epochs) ** exponent
+
+
+def sliding_tiles(shape: Sequence[int], patch: Sequence[int], step: float = 0.5) -> int:
+    """Number of patches a sliding window with overlap ``1 - step`` needs over ``shape`` (padded to the
+    patch where smaller), as nnU-Net's predictor places them."""
+    n = 1
+    for s, p in zip(shape, patch):
+        n *= math.ceil((max(s, p) - p) / (p * step)) + 1
+    return n
+
+
+def prediction_seconds(shapes: Sequence[Sequence[int]], patch: Sequence[int], first_case_s: float,
+                       fixed_s: float = 15.0) -> float:
+    """Seconds to reserve for predicting ``shapes`` when the first of them took ``first_case_s``:
+    each case in proportion to its sliding-window tiles, plus ``fixed_s`` (start, writing, any workers)."""
+    first = sliding_tiles(shapes[0], patch)
+    return sum(sliding_tiles(s, patch) for s in shapes) / first * first_case_s + fixed_s
+
+
+# ----------------------------------------------------------------------------- conversion
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]", "", name) or "data"
+
+
+def channel_names(data: str, channels: int) -> dict[str, str]:
+    """dataset.json ``channel_names``: ``CT`` for the CT sets (nnU-Net's CT normalisation, as a user of
+    nnU-Net would declare them), else a name that selects its per-image z-score."""
+    kind = "CT" if Path(str(data)).name.lower().startswith("ct") else "image"
+    return {str(c): kind for c in range(channels)}
+
+
+def _write(path: Path, plane: np.ndarray) -> None:
+    """One 2D array as PNG (8/16-bit) or TIFF (anything else), whichever ``path`` ends with."""
+    if path.suffix == ".png":
+        from PIL import Image
+
+        Image.fromarray(np.ascontiguousarray(plane)).save(path)
+    else:
+        import tifffile
+
+        tifffile.imwrite(path, np.ascontiguousarray(plane))
+
+
+def convert(train: Any, val: Any, raw_root: Path, data: str = "data",
+            dataset_id: int = DATASET_ID) -> tuple[Path, dict[str, Any]]:
+    """Write our ``(train, val)`` datasets in nnU-Net's raw layout under ``raw_root``.
+
+    ``DatasetXXX_Name/imagesTr/<case>_0000.png`` (one grey file per channel, ``_0001``... for more),
+    ``labelsTr/<case>.png``, ``imagesTs/`` for the validation split and ``dataset.json`` (read by
+    nnU-Net's ``NaturalImage2DIO``). Images are written as stored: 8/16-bit PNG, or 32-bit float TIFF
+    for float data (e.g. the built-in ct-chest), then masks are TIFF too (one file ending per data set).
+    Masks hold class indices; our ``ignore_index`` becomes nnU-Net's ``ignore`` label (one above the
+    classes) when a training mask has it. Cases are ``tr_0000``... and ``ts_0000``... in dataset order;
+    ``cases.json`` maps them to our sample names. Returns the dataset folder and its dataset.json.
+    """
+    stored = [train.load_stored(i) for i in range(len(train))]
+    tests = [val.load_stored(i)[0] for i in range(len(val))]
+    integer = all(img.dtype in (np.uint8, np.uint16) for img in [*(s[0] for s in stored), *tests])
+    ending = ".png" if integer else ".tif"
+    folder = raw_root / f"Dataset{dataset_id:03d}_{_safe(Path(str(data)).name)}"
+    for sub in ("imagesTr", "labelsTr", "imagesTs"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    num_classes, ignore = train.num_classes, train.ignore_index
+    has_ignore = any(bool((mask == ignore).any()) for _, mask in stored)
+    cases: dict[str, str] = {}
+    for i, (image, mask) in enumerate(stored):
+        case = f"tr_{i:04d}"
+        cases[case] = train.names[i]
+        for c in range(image.shape[0]):
+            _write(folder / "imagesTr" / f"{case}_{c:04d}{ending}", image[c] if integer else image[c].astype(np.float32))
+        labels = np.where(mask == ignore, num_classes, mask) if has_ignore else mask
+        _write(folder / "labelsTr" / f"{case}{ending}", labels.astype(np.uint8))
+    for i, image in enumerate(tests):
+        case = f"ts_{i:04d}"
+        cases[case] = val.names[i]
+        for c in range(image.shape[0]):
+            _write(folder / "imagesTs" / f"{case}_{c:04d}{ending}", image[c] if integer else image[c].astype(np.float32))
+    labels_json: dict[str, int] = {}
+    for k, name in enumerate(["background", *train.class_names[1:]]):
+        labels_json[name if name not in labels_json and name != "ignore" else f"{name} ({k})"] = k
+    if has_ignore:
+        labels_json["ignore"] = num_classes
+    dataset_json = {"channel_names": channel_names(data, train.in_channels), "labels": labels_json,
+                    "numTraining": len(stored), "file_ending": ending,
+                    "overwrite_image_reader_writer": "NaturalImage2DIO"}
+    (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=1))
+    (folder / "cases.json").write_text(json.dumps(cases, indent=1))
+    return folder, dataset_json
+
+
+# ----------------------------------------------------------------------------- scoring
+def score(pred_dir: Path, val: Any, ending: str = ".png") -> dict[str, Any]:
+    """Score nnU-Net's predictions ``ts_XXXX<ending>`` against ``val``'s masks with our metrics.
+
+    The masks are those our evaluation reads (``load_stored``), with the same ``ignore_index``; the
+    scored pixel count is checked against an independent count of the labelled pixels.
+    """
+    import torch
+
+    from unetkit.data.io import read_mask
+    from unetkit.metrics import SegmentationMetrics
+
+    metrics = SegmentationMetrics(val.num_classes, ignore_index=val.ignore_index)
+    labelled = 0
+    for i in range(len(val)):
+        mask = val.load_stored(i)[1]
+        pred = read_mask(pred_dir / f"ts_{i:04d}{ending}")
+        if pred.shape != mask.shape:
+            raise ValueError(f"prediction ts_{i:04d} is {pred.shape}, its mask {mask.shape}")
+        labelled += int((mask != val.ignore_index).sum())
+        metrics.update(torch.from_numpy(pred.astype(np.int64))[None], torch.from_numpy(mask.astype(np.int64))[None])
+    m = metrics.compute()
+    pixels = int(m["confusion_matrix"].sum())
+    assert pixels == labelled, f"scored {pixels} pixels but the validation masks label {labelled}"
+    return {"miou": float(m["miou"]), "dice": float(m["mdice"]), "pixel_accuracy": float(m["pixel_accuracy"]),
+            "iou": [float(v) for v in m["iou"]], "images": len(val), "pixels": pixels}
+
+
+# ----------------------------------------------------------------------------- nnU-Net (lazy imports)
+def set_paths(work: Path) -> dict[str, Path]:
+    """Point nnU-Net's three folders into ``work``; must run before nnunetv2 is first imported."""
+    if "nnunetv2.paths" in sys.modules:
+        raise RuntimeError("nnunetv2 was imported before its folders were set")
+    paths = {k: work / k for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+    for k, v in paths.items():
+        v.mkdir(parents=True, exist_ok=True)
+        os.environ[k] = str(v)
+    return paths
+
+
+def plan_and_preprocess(dataset_id: int = DATASET_ID, processes: int = 2) -> dict[str, Any]:
+    """``nnUNetv2_plan_and_preprocess -d ID -c 2d`` in Python (its default: no integrity check, which
+    :func:`convert`'s own layout does not need); returns the plans."""
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import (
+        extract_fingerprint_dataset,
+        plan_experiment_dataset,
+        preprocess_dataset,
+    )
+
+    extract_fingerprint_dataset(dataset_id, num_processes=processes, check_dataset_integrity=False,
+                                clean=True, verbose=False, show_progress_bar=False)
+    plans, _ = plan_experiment_dataset(dataset_id)
+    preprocess_dataset(dataset_id, PLANS, (CONFIGURATION,), (processes,), show_progress_bar=False)
+    return plans
+
+
+def budget_trainer_class() -> type:
+    """nnU-Net's trainer with its schedule length fitted to a deadline (built lazily: needs nnunetv2)."""
+    import torch
+    from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    class BudgetTrainer(nnUNetTrainer):
+        """Times a first epoch of a few iterations, then fits epochs x iterations to the deadline.
+
+        Everything else (data loading, augmentation, SGD, loss, deep supervision, checkpoints) is the
+        base class's. ``deadline`` (on ``clock``) and ``reserve`` are set by :meth:`set_budget`: the
+        base class records its ``__init__`` arguments for checkpoints, so the signature stays its own.
+        """
+
+        probe_warmup = 2  # untimed first iterations (allocations, compilation)
+        probe_timed = 5
+
+        def set_budget(self, deadline: float, reserve: Callable[[Any], float],
+                       clock: Callable[[], float] = time.perf_counter) -> None:
+            """Train until ``deadline``, leaving ``reserve(self)`` seconds (timed after the first epoch)
+            for prediction."""
+            self.deadline, self.reserve, self.clock = deadline, reserve, clock
+            self.fitted: dict[str, Any] = {}
+
+        def run_training(self) -> None:
+            self.on_train_start()
+            self.on_epoch_start()
+            self.on_train_epoch_start()
+            outputs, times = [], []
+            for i in range(self.probe_warmup + self.probe_timed):
+                t0 = self.clock()
+                outputs.append(self.train_step(next(self.dataloader_train)))
+                if i >= self.probe_warmup:
+                    times.append(self.clock() - t0)
+            self.on_train_epoch_end(outputs)
+            with torch.no_grad():
+                self.on_validation_epoch_start()
+                val_outputs, val_times = [], []
+                for _ in range(2):
+                    t0 = self.clock()
+                    val_outputs.append(self.validation_step(next(self.dataloader_val)))
+                    val_times.append(self.clock() - t0)
+                self.on_validation_epoch_end(val_outputs)
+            t0 = self.clock()
+            self.on_epoch_end()
+            epoch_s = self.clock() - t0
+            train_s, val_s = float(np.median(times)), val_times[-1]
+            reserve = self.reserve(self)
+            self.set_deep_supervision_enabled(self.enable_deep_supervision)
+            left = self.deadline - self.clock() - reserve
+            plan = fit_schedule(left, train_s, val_s, epoch_s)
+            self.num_epochs = 1 + plan.epochs
+            self.num_iterations_per_epoch = plan.iterations
+            self.num_val_iterations_per_epoch = plan.val_iterations
+            self.lr_scheduler = PolyLRScheduler(self.optimizer, self.initial_lr, self.num_epochs)
+            self.fitted = {**asdict(plan), "train_s": train_s, "val_s": val_s, "epoch_s": epoch_s,
+                           "reserve_s": reserve, "probe_iterations": len(outputs)}
+            self.print_to_log_file(f"budget: {self.fitted}")
+            iterations, epoch_took = len(outputs), 0.0
+            for _ in range(1, self.num_epochs):
+                if self.clock() + epoch_took > self.deadline - reserve:  # a slower machine than timed
+                    self.fitted["stopped_at_epoch"] = self.current_epoch
+                    break
+                t0 = self.clock()
+                self.on_epoch_start()
+                self.on_train_epoch_start()
+                outputs = [self.train_step(next(self.dataloader_train))
+                           for _ in range(self.num_iterations_per_epoch)]
+                self.on_train_epoch_end(outputs)
+                with torch.no_grad():
+                    self.on_validation_epoch_start()
+                    self.on_validation_epoch_end([self.validation_step(next(self.dataloader_val))
+                                                  for _ in range(self.num_val_iterations_per_epoch)])
+                self.on_epoch_end()
+                iterations += len(outputs)
+                epoch_took = self.clock() - t0
+            self.fitted.update(epochs_run=self.current_epoch, iterations_run=iterations)
+            self.on_train_end()
+
+    return BudgetTrainer
+
+
+def train(dataset_id: int, deadline: float, reserve: Callable[[Any], float], device: str = "cpu",
+          clock: Callable[[], float] = time.perf_counter) -> Any:
+    """Train nnU-Net's 2d configuration on fold "all" until ``deadline``; returns the trainer."""
+    import multiprocessing
+
+    import torch
+    from batchgenerators.utilities.file_and_folder_operations import join, load_json
+    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
+
+    if device == "cpu":  # as nnUNetv2_train sets the threads
+        torch.set_num_threads(multiprocessing.cpu_count())
+    else:
+        torch.set_num_threads(1)
+        torch.set_num_interop_threads(1)
+    base = join(nnUNet_preprocessed, convert_id_to_dataset_name(dataset_id))
+    plans = load_json(join(base, PLANS + ".json"))
+    plans["continue_training"] = False
+    trainer = budget_trainer_class()(plans=plans, configuration=CONFIGURATION, fold=FOLD,
+                                     dataset_json=load_json(join(base, "dataset.json")), device=torch.device(device))
+    trainer.set_budget(deadline, reserve, clock)
+    trainer.run_training()
+    return trainer
+
+
+def predictor_for(trainer: Any, weights: dict | None = None) -> Any:
+    """nnUNetPredictor with its defaults (step 0.5, Gaussian, mirroring) around the trainer's network
+    (deep supervision off), with ``weights`` (default: the network's current ones)."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    trainer.set_deep_supervision_enabled(False)
+    network = getattr(trainer.network, "_orig_mod", trainer.network)  # torch.compile'd on CUDA: the module
+    network.eval()
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+                                perform_everything_on_device=True, device=trainer.device, verbose=False,
+                                verbose_preprocessing=False, allow_tqdm=False)
+    params = weights if weights is not None else {k: v.detach().clone() for k, v in network.state_dict().items()}
+    predictor.manual_initialization(network, trainer.plans_manager, trainer.configuration_manager, [params],
+                                    trainer.dataset_json, trainer.__class__.__name__,
+                                    trainer.inference_allowed_mirroring_axes)
+    return predictor
+
+
+def time_first_prediction(trainer: Any, files: list[str]) -> float:
+    """Seconds nnU-Net's predictor takes for one case (``files``: its channel files), in this process."""
+    from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
+
+    t0 = time.perf_counter()
+    image, props = NaturalImage2DIO().read_images(files)
+    predictor_for(trainer).predict_single_npy_array(image, props)
+    seconds = time.perf_counter() - t0
+    trainer.network.train()
+    return seconds
+
+
+def predict(trainer: Any, images: Path, out: Path, processes: int = 0) -> None:
+    """nnUNetPredictor on ``images`` with the weights of the trainer's ``checkpoint_final.pth``.
+
+    ``processes=0`` is its sequential mode (``nnUNetv2_predict -npp 0 -nps 0``), the choice on a CPU:
+    preprocessing and export workers would compete for the cores the network runs on.
+    """
+    import torch
+
+    final = torch.load(Path(trainer.output_folder) / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    predictor = predictor_for(trainer, final["network_weights"])
+    if processes == 0:
+        predictor.predict_from_files_sequential(str(images), str(out), save_probabilities=False, overwrite=True)
+    else:
+        predictor.predict_from_files(str(images), str(out), save_probabilities=False, overwrite=True,
+                                     num_processes_preprocessing=processes,
+                                     num_processes_segmentation_export=processes)
+
+
+def run(data: str, budget: float, work: Path, device: str = "cpu") -> dict[str, Any]:
+    """Raw data to scored predictions within ``budget`` seconds (conversion, planning, preprocessing,
+    training and prediction all count)."""
+    t_start = time.perf_counter()
+    deadline = t_start + budget
+    set_paths(work)
+    from unetkit.data import get_datasets
+
+    train_ds, val = get_datasets(data)
+    if val is None:
+        raise ValueError(f"{data} has no validation split to predict")
+    folder, dataset_json = convert(train_ds, val, work / "nnUNet_raw", data)
+    t_converted = time.perf_counter()
+    processes = min(2, os.cpu_count() or 1)
+    plans = plan_and_preprocess(DATASET_ID, processes)
+    t_planned = time.perf_counter()
+    patch = plans["configurations"][CONFIGURATION]["patch_size"]
+    shapes = [val.image_size(i) for i in range(len(val))]
+    first = sorted(str(p) for p in (folder / "imagesTs").glob(f"ts_0000_*{dataset_json['file_ending']}"))
+    trainer = train(DATASET_ID, deadline,
+                    lambda t: prediction_seconds(shapes, patch, time_first_prediction(t, first)), device)
+    t_trained = time.perf_counter()
+    predict(trainer, folder / "imagesTs", work / "predictions", 0 if device == "cpu" else processes)
+    t_done = time.perf_counter()
+    result = score(work / "predictions", val, dataset_json["file_ending"])
+    result.update(seconds=round(t_done - t_start, 1), budget_s=budget, device=device, patch=list(patch),
+                  batch=int(trainer.batch_size),
+                  steps=trainer.fitted.get("iterations_run"), schedule=trainer.fitted,
+                  time={"convert": round(t_converted - t_start, 1), "plan_preprocess": round(t_planned - t_converted, 1),
+                        "train": round(t_trained - t_planned, 1), "predict": round(t_done - t_trained, 1)})
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import tempfile
+
+    p = argparse.ArgumentParser(description="nnU-Net v2 under a wall-time budget, scored by unetkit's metrics.")
+    p.add_argument("--data", required=True, help="a unetkit dataset folder or built-in name")
+    p.add_argument("--budget", type=float, default=180.0, help="seconds from raw data to predictions")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--work", type=Path, help="folder for nnU-Net's raw/preprocessed/results (default: a temp one)")
+    p.add_argument("--json", type=Path, help="write the result here")
+    args = p.parse_args(argv)
+    work = args.work or Path(tempfile.mkdtemp(prefix="unetkit-nnunet-"))
+    result = run(args.data, args.budget, work, args.device)
+    text = json.dumps(result)
+    if args.json:
+        args.json.write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
