@@ -23,7 +23,8 @@ def torchrun(out: Path, epochs: int, *extra: str, ok: bool = True, **env_extra: 
     env = {**os.environ, "OMP_NUM_THREADS": "1", **env_extra}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            str(WORKER), str(out), str(epochs), *extra]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    r = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", errors="replace", env=env,
+                       timeout=600)
     assert (r.returncode == 0) == ok, r.stdout[-2000:] + r.stderr[-3000:]
     return r
 

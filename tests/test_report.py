@@ -485,7 +485,7 @@ def measure_in_browser(browser: str, page: str, width: int, tmp_path) -> dict:
     html_file.write_text(page.replace("</body>", MEASURE + "</body>"), encoding="utf-8")
     proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
                            f"--window-size={width},900", "--dump-dom", html_file.as_uri()],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120)
     found = re.search(r'<output id="measure">(.*?)</output>', proc.stdout, re.S)
     assert found, f"no measurement from {browser}: {proc.stderr[-2000:]}"
     return json.loads(found.group(1))
