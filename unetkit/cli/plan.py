@@ -40,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
     check_run(cfg, plan, train, val)  # what train would refuse, refused here too
     for line in data_warnings(fp):
         print(line)
-    print(f"data {cfg.data.source}: {describe_split(train, val)}, {train.num_classes} classes\n")
+    rule = getattr(train, "pairing_rule", "")
+    print(f"data {cfg.data.source}: {describe_split(train, val)}, {train.num_classes} classes"
+          + (f"; {rule}" if rule else "") + "\n")
     print(fp.summary())
     print(f"\nplan for {device.type.upper()} training:")
     print(plan.table())

@@ -203,8 +203,9 @@ class RunOutputs:
         amp = describe_amp(cfg.amp, self.amp_dtype, self.dist.device, training=True)
         mc = m.config
         width = f", base {mc.base_channels}" if mc.encoder == "plain" else ""
+        rule = getattr(ds, "pairing_rule", "")
         return (f"data {cfg.data.source}: {describe_split(ds, self.val_ds)}, {ds.num_classes} classes, "
-                f"{ds.in_channels} channel(s)\nmodel UNet({mc.encoder}{width}, depth {mc.depth}): "
+                f"{ds.in_channels} channel(s){'; ' + rule if rule else ''}\nmodel UNet({mc.encoder}{width}, depth {mc.depth}): "
                 f"{params / 1e6:.2f}M parameters on {self.dist.device} ({amp})"
                 f"{f', {w} processes' if w > 1 else ''}\nglobal batch {plan.batch_size * w * cfg.grad_accum} "
                 f"(= {plan.batch_size}/process x {w} x {cfg.grad_accum} accumulation) of "
