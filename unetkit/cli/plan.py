@@ -13,12 +13,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Read and check a data set, print its fingerprint (image count, sizes, channels, bit depth, "
                     "intensity percentiles, class pixel frequencies and per-image presence) and the plan derived "
                     "from it (normalisation, patch and batch size, depth and width, foreground sampling, loss, "
-                    "training length), each choice with its reason. Takes the same options as 'unetkit train'; "
-                    "options given win over the plan.")
+                    "training length), each choice with its reason. Takes the data, model, plan and augmentation "
+                    "options of 'unetkit train' (given ones win over the plan), and refuses what 'unetkit train' "
+                    "would refuse.")
     p.add_argument("dataset", nargs="?", metavar="DATA", help="a dataset folder or built-in name (or use --data)")
     p.add_argument("--config", metavar="FILE.yaml", help="read options from a YAML file")
     p.add_argument("--write", metavar="PLAN.yaml", help="also write the fingerprint and plan as YAML")
-    add_train_options(p)
+    add_train_options(p, plan_only=True)
     p.set_defaults(func=run)
 
 

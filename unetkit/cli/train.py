@@ -33,10 +33,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def add_train_options(p: argparse.ArgumentParser) -> None:
-    """Every :class:`TrainConfig` option (model options included) as a flag, grouped as in the config."""
+#: The groups ``unetkit plan`` takes: what the plan depends on (not optimisation, hardware or outputs).
+PLAN_GROUPS = ("data", "model", "patch_size", "augment")
+#: Options of other groups that the plan reads too.
+PLAN_ALSO = ("seed", "device")
+
+
+def add_train_options(p: argparse.ArgumentParser, plan_only: bool = False) -> None:
+    """Every :class:`TrainConfig` option (model and data options included) as a flag, grouped as in the config;
+    ``plan_only``: those the plan depends on (``unetkit plan``)."""
     hints = typing.get_type_hints(TrainConfig)
     defaults = TrainConfig()
+    current = "data"
     group = p
     for f in dataclasses.fields(TrainConfig):
         if f.name == "data":
@@ -45,7 +53,13 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
             add_model_options(p, suppress=True, skip=(*DATA_MODEL_FIELDS, "spatial_dims"), defaults=defaults.model)
         else:
             if f.name in GROUPS:
-                group = p.add_argument_group(GROUPS[f.name])
+                current = f.name
+                if not plan_only or current in PLAN_GROUPS:
+                    group = p.add_argument_group(GROUPS[f.name])
+            if plan_only and current not in PLAN_GROUPS and f.name not in PLAN_ALSO:
+                continue
+            if plan_only and current not in PLAN_GROUPS:
+                group = p
             add_field(group, f, hints[f.name], default=getattr(defaults, f.name), suppress=True)
 
 
