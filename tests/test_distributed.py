@@ -146,3 +146,25 @@ def test_a_killed_worker_is_restarted_and_the_run_resumes(tmp_path):
     ckpt = read_checkpoint(out / "last.pt")
     assert ckpt["epoch"] == 3 and [h["epoch"] for h in ckpt["history"]] == [1, 2, 3]
     assert (out / "report.html").is_file() and (out / "best.pt").is_file()
+
+
+def test_sigterm_under_torchrun_stops_every_rank_and_exits_143(tmp_path):
+    """``unetkit train --devices 2`` forwards SIGTERM to torchrun: every rank writes what it must, says how to
+    resume, and stops; the launcher exits 143 and leaves no process behind."""
+    import signal
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "unetkit", "train", "--devices", "2", "--data", "shapes",
+                             "--epochs", "5000", "--base-channels", "4", "--depth", "2", "--samples", "0",
+                             "--out", str(out), "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, encoding="utf-8", errors="replace")
+    deadline = time.monotonic() + 180
+    while not (out / "last.pt").is_file() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert (out / "last.pt").is_file(), proc.communicate()[1][-2000:]
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr[-2000:]
+    assert stderr.count("unetkit: terminated (SIGTERM)") == 2  # both ranks
+    assert f"continue with: unetkit train --resume {out}" in stdout
+    assert read_checkpoint(out / "last.pt")["epoch"] >= 1

@@ -76,6 +76,23 @@ def cleanup_distributed() -> None:
 
 def launch_local(nproc: int, args: Sequence[str]) -> int:
     """Run ``python -m unetkit <args>`` in ``nproc`` local processes through torchrun; return its exit code."""
+    import signal
+
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
            "-m", "unetkit", *args]
-    return subprocess.call(cmd)
+    child = subprocess.Popen(cmd)
+    stopped: list[int] = []
+
+    def forward(signum: int, frame: object) -> None:  # SIGTERM/SIGINT reach torchrun, which stops every rank
+        stopped.append(signum)
+        child.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        code = child.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if stopped:  # each rank wrote its checkpoint and said how to resume; torchrun's own exit code says less
+        return 143 if stopped[0] == signal.SIGTERM else 130
+    return code
