@@ -4,7 +4,7 @@
 folder (``python benchmarks/devsuite.py DIR --volumes`` writes the development suite's; ``unetkit data
 export ct-chest DIR --volumes`` the demo CT's), one run per variant under the same ``--time`` budget:
 
-* ``2d``: ``--spatial-dims 2`` (a 2D UNet on slices),
+* ``2d``: ``--spatial-dims 2 --context 0`` (a 2D UNet on slices),
 * ``2.5d``: ``--spatial-dims 2 --context 1`` (the neighbouring slice on each side as channels),
 * ``3d``: ``--spatial-dims 3`` (a 3D UNet on volume patches),
 
@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-VARIANTS = {"2d": ["--spatial-dims", "2"], "2.5d": ["--spatial-dims", "2", "--context", "1"],
+VARIANTS = {"2d": ["--spatial-dims", "2", "--context", "0"], "2.5d": ["--spatial-dims", "2", "--context", "1"],
             "3d": ["--spatial-dims", "3"]}
 
 
@@ -38,7 +38,8 @@ def planned_variant(data: Path) -> str:
     """The variant ``unetkit plan`` chooses for ``data`` (its ``network`` row)."""
     out = unetkit("plan", str(data)).stdout
     line = next((s for s in out.splitlines() if s.startswith("network")), "")
-    return "3d" if "3D UNet" in line else ("2.5d" if "with context" in line else "2d")
+    value = [part for part in line.split("  ") if part.strip()][1].strip() if line else ""
+    return "3d" if value.startswith("3D UNet") else ("2.5d" if "with context" in value else "2d")
 
 
 def run_variant(data: Path, variant: str, budget: str, out: Path, seed: int) -> dict:

@@ -89,8 +89,9 @@ def open_datasets(data: DataConfig, *, seed: int = 0, normalization: Normalizati
             raise DatasetError(f"{path}: data options {sorted(data.options)} apply only to the built-in datasets; "
                                "remove them for a folder")
         if is_volume_folder(path):
-            if data.in_channels is not None and data.in_channels != 2 * data.context + 1:
-                raise DatasetError(f"{path}: volumes give 2 * context + 1 = {2 * data.context + 1} input channel(s), "
+            context = volume_options.get("context", 0)
+            if data.in_channels is not None and data.in_channels != 2 * context + 1:
+                raise DatasetError(f"{path}: volumes give 2 * context + 1 = {2 * context + 1} input channel(s), "
                                    f"not {data.in_channels}; drop --in-channels (set --context instead)")
             train, val = load_volumes(path, num_classes=data.num_classes, ignore_index=data.ignore_index,
                                       val_fraction=data.val_fraction, seed=seed, **volume_options)

@@ -411,17 +411,16 @@ def load_and_plan(cfg: TrainConfig, device: torch.device | str = "cpu", augment:
     if val is not None:
         plan.val_every, plan.reasons["val_every"] = plan_validation(cfg, val, plan)
     settings = getattr(train, "settings", None)
-    if settings is not None and settings.context:
+    if settings is not None:  # a volume folder: how its scans became slices is part of the plan
+        from .plan3d import as_planned, choose_spatial_dims, plan_3d
+
+        dims, plan.reasons["spatial_dims"] = choose_spatial_dims(cfg, train, device)
         thinnest = min(c.shape[0] for c in train.cases + (val.cases if val is not None else []))
         if 2 * settings.context + 1 > thinnest:
             raise ValueError(f"--context {settings.context} stacks {2 * settings.context + 1} slices, but the "
                              f"thinnest case has {thinnest}; use --context {max(0, (thinnest - 1) // 2)} or less")
-    if settings is not None:  # a volume folder: how its scans became slices is part of the plan
         plan.volume = settings.to_dict()
         plan.reasons["volume"] = train.spacing_reason
-        from .plan3d import as_planned, choose_spatial_dims, plan_3d
-
-        dims, plan.reasons["spatial_dims"] = choose_spatial_dims(cfg, train)
         if dims == 3:
             train, val = as_planned(train, val, 3, augment)
             plan = plan_3d(plan, cfg, train, device, plan.reasons["spatial_dims"])
