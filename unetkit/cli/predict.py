@@ -31,8 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUTS", help="image files, folders or glob patterns")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (must not hold the inputs)")
     p.add_argument("--tile", type=int, nargs="+", default=None, metavar="N",
-                   help="sliding-window tile size, one or two numbers (default: the training patch size stored "
-                        "in the model, else the whole image at once)")
+                   help="sliding-window tile size: one number, or H W (a 3D model: D H W) (default: the training "
+                        "patch size stored in the model, else the whole image at once)")
     p.add_argument("--overlap", type=float, default=0.5, help="tile overlap fraction in [0, 1) (default 0.5)")
     p.add_argument("--tta", action="store_true", help="average predictions over horizontal/vertical flips")
     p.add_argument("--probs", action="store_true", help="also write class probabilities as <stem>_probs.npy")
@@ -50,8 +50,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..inference import Predictor
 
-    if args.tile is not None and (min(args.tile) < 1 or len(args.tile) > 2):
-        raise CLIError(f"--tile takes one or two positive sizes, got {' '.join(map(str, args.tile))}")
+    if args.tile is not None and (min(args.tile) < 1 or len(args.tile) > 3):
+        raise CLIError(f"--tile takes one, two (H W) or three (D H W, a 3D model) positive sizes, got "
+                       f"{' '.join(map(str, args.tile))}")
     if not 0 <= args.overlap < 1:
         raise CLIError(f"--overlap must be in [0, 1), got {args.overlap}")
     if args.batch_size < 1:
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     check_outputs(expand_inputs(args.inputs), out)  # before the model loads: a bad path fails at once
-    tile = None if args.tile is None else (args.tile[0], args.tile[-1])
+    tile = None if args.tile is None else (tuple(args.tile) if len(args.tile) > 1 else args.tile[0])
     predictor = Predictor.load(args.model, device=args.device, amp=args.amp, tile=tile, overlap=args.overlap,
                                tta=args.tta, batch_size=args.batch_size)
     result = predictor.predict_folder(args.inputs, out, probs=args.probs, alpha=args.alpha,

@@ -28,7 +28,7 @@ from ..checkpoint import DataInfo, load_model
 from ..data.preprocess import prepare_image
 from ..device import amp_name, describe_amp, resolve_amp, resolve_device
 from ..models.outputs import probs_to_labels
-from .sliding import Model, predict
+from .sliding import Model, model_spatial_dims, predict
 from .volume import predict_volume
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ class Predictor:
         self.amp: torch.dtype | None = None if self.onnx else (resolve_amp(amp, self.device) if isinstance(amp, str)
                                                                else amp)
         if isinstance(tile, int):
-            tile = (tile, tile)
+            tile = (tile,) * model_spatial_dims(model)
         self.tile: tuple[int, ...] | None = tuple(tile) if tile is not None else info.patch_size
         self.overlap, self.tta, self.batch_size = overlap, tta, batch_size
         self.pad_value = info.normalization.pad_value() if self.tile is not None else None
