@@ -31,8 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "bf16 on a CPU that runs it natively, else fp32), off (fp32), bf16, "
                         "fp16 (CUDA)")
     p.add_argument("--no-boundary-f1", dest="boundary", action="store_false", help="skip Boundary F1")
-    add_data_options(p, title="data (default: the model's own; classes, channels and volume slicing must be "
-                              "the model's)")
+    add_data_options(p, title="data: the model's own unless given; classes, channels and volume slicing must be "
+                              "the model's")
     p.set_defaults(func=run)
 
 

@@ -43,8 +43,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quantize-head", action="store_true",
                    help="quantize the final 1x1 head conv too (default: kept in float; it is cheap and its "
                         "quantized logits cost argmax agreement)")
-    add_data_options(p, title="data of the INT8 accuracy report (default: the model's own validation split; "
-                              "classes, channels and volume slicing must be the model's)")
+    add_data_options(p, title="data of the INT8 accuracy report: the model's own validation split unless given; "
+                              "classes, channels and volume slicing must be the model's")
     p.set_defaults(func=run)
 
 

@@ -16,6 +16,7 @@ benchmarks, and from Python::
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +40,11 @@ if TYPE_CHECKING:
 #: Images with more pixels than this are predicted in bands of rows, so memory grows with the band (about this
 #: many pixels), not with the image.
 BAND_PIXELS = 1024 * 1024
+
+
+#: 3D windows run at most this many voxels a forward pass (two 96^3 windows): a batch of 16 large windows
+#: would hold gigabytes of activations.
+MAX_WINDOW_VOXELS = 2 * 96**3
 
 
 def _write_npy(path: Path, arr: np.ndarray) -> None:
@@ -79,6 +85,8 @@ class Predictor:
             tile = (tile,) * model_spatial_dims(model)
         self.tile: tuple[int, ...] | None = tuple(tile) if tile is not None else info.patch_size
         self.overlap, self.tta, self.batch_size = overlap, tta, batch_size
+        if self.tile is not None and len(self.tile) == 3:  # 3D windows: a batch's activations, not its count, bound it
+            self.batch_size = max(1, min(batch_size, MAX_WINDOW_VOXELS // math.prod(self.tile)))
         self.pad_value = info.normalization.pad_value() if self.tile is not None else None
         if fast and not self.onnx:
             from .policy import prepare_inference
