@@ -49,7 +49,7 @@ def choose_spatial_dims(cfg: TrainConfig, train: Any, device: torch.device | str
 
     Measured on the development suite (docs/volumes.md; 2 CPU cores, the same 3-minute budget): a 2D network
     on slices was the best or within 0.002 case Dice of it on every volume set, and far above a 3D UNet, which
-    manages about a seventh of the steps on a CPU; one neighbouring slice on each side (2.5D) gained at most
+    manages a third to a sixth of the steps on a CPU; one neighbouring slice on each side (2.5D) gained at most
     0.0015 on the near-isotropic MRI sets and lost 0.016 on 40 mm CT slices. So on a CPU: 2D (2.5D when
     ``--context`` is given). On a GPU: a 3D UNet for near-isotropic cases deep enough for a 3D patch
     (nnU-Net's finding for its 3d_fullres; not measured here), 2D otherwise.
