@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from ..device import resolve_device
     from ..train.plan import load_and_plan
     from ..train.sanity import data_warnings
-    from ..train.setup import check_run
+    from ..train.setup import check_architecture, check_run
 
     if args.dataset is not None:
         args.data = args.dataset
@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(cfg.device)
     train, val, fp, plan = load_and_plan(cfg, device)
     check_run(cfg, plan, train, val)  # what train would refuse, refused here too
+    check_architecture(cfg, plan, train)
     for line in data_warnings(fp):
         print(line)
     rule = getattr(train, "pairing_rule", "")

@@ -41,15 +41,15 @@ CURVES_COST_FACTOR = 50.0
 CHECKPOINT_EVERY_S = 30.0
 
 
-def _host_copy(obj: Any) -> Any:
+def host_copy(obj: Any) -> Any:
     """A copy of a checkpoint state with every tensor copied to host memory (a kept best state must not
     hold a second copy of the weights and optimizer state on the GPU)."""
     if isinstance(obj, torch.Tensor):
         return obj.detach().to("cpu", copy=True)
     if isinstance(obj, dict):
-        return {k: _host_copy(v) for k, v in obj.items()}
+        return {k: host_copy(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return type(obj)(_host_copy(v) for v in obj)
+        return type(obj)(host_copy(v) for v in obj)
     return copy.deepcopy(obj)
 
 
@@ -63,7 +63,7 @@ def model_state(state: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in state.items() if k not in TRAINING_STATE}
 
 
-def _unwrap(model: nn.Module) -> UNet:
+def unwrap(model: nn.Module) -> UNet:
     return model.module if isinstance(model, DistributedDataParallel) else model  # type: ignore[return-value]
 
 
@@ -71,7 +71,7 @@ class RunOutputs:
     """Checkpoints, pictures and the report of a :class:`~unetkit.train.Trainer` (which holds the state)."""
 
     def checkpoint_state(self, epoch: int) -> dict[str, Any]:
-        m = _unwrap(self.model)
+        m = unwrap(self.model)
         return {"model": m.state_dict(), "model_config": m.config.to_dict(), "config": self.training_options(),
                 "plan": self.plan.to_dict(), "classes": self.classes, "epoch": epoch,
                 "best_miou": self.best_miou, "best_epoch": self.best_epoch, "history": self.history,
@@ -165,7 +165,7 @@ class RunOutputs:
                                                                    not self.cfg.boundary_f1):
             result = last  # the model in memory is best.pt: its last validation is the report's
         else:
-            _unwrap(self.model).load_state_dict(read_checkpoint(best)["model"])
+            unwrap(self.model).load_state_dict(read_checkpoint(best)["model"])
             result = self.validate(boundary=self.cfg.boundary_f1)
         self.budget.final += self.clock() - t0
         if self.dist.is_main:
@@ -198,7 +198,7 @@ class RunOutputs:
 
     def describe(self) -> str:
         cfg, ds, w, plan = self.cfg, self.train_ds, self.dist.world_size, self.plan
-        m = _unwrap(self.model)
+        m = unwrap(self.model)
         params = sum(p.numel() for p in m.parameters())
         amp = describe_amp(cfg.amp, self.amp_dtype, self.dist.device, training=True)
         mc = m.config

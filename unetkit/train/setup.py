@@ -162,7 +162,7 @@ def build_batches(cfg: TrainConfig, plan: Plan, train: SegmentationDataset, dist
 def check_run(cfg: TrainConfig, plan: Plan, train: SegmentationDataset, val: SegmentationDataset | None) -> None:
     """What ``unetkit train`` would refuse once it builds the run, checked without building it, so that
     ``unetkit plan`` approves only runs that start: a validation split, a loss that fits the classes, one
-    class weight per class, an encoder that exists (its architecture built on the meta device, no weights)."""
+    class weight per class, a weights file that exists (the architecture: :func:`check_architecture`)."""
     from ..losses import build_loss
 
     if val is None:
@@ -180,5 +180,11 @@ def check_run(cfg: TrainConfig, plan: Plan, train: SegmentationDataset, val: Seg
     if config.encoder_weights not in (None, "imagenet") and not Path(config.encoder_weights).is_file():
         raise ValueError(f"{config.encoder_weights}: encoder weights file not found; pass an existing "
                          ".pth/.safetensors file, imagenet or none to --encoder-weights")
+
+
+def check_architecture(cfg: TrainConfig, plan: Plan, train: SegmentationDataset) -> None:
+    """The planned network built on the meta device (no memory, no weights): an unknown encoder or an
+    impossible architecture is refused by ``unetkit plan`` as training would refuse it when it builds the
+    model."""
     with torch.device("meta"):
-        UNet(config.replace(encoder_weights=None))
+        UNet(model_config(cfg, plan, train).replace(encoder_weights=None))

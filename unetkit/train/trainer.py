@@ -32,7 +32,7 @@ from .budget import Budget, forward_seconds
 from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum, init_distributed
 from .optim import build_optimizer, build_scheduler, resolve_amp, seed_everything, set_rng_state
-from .outputs import CHECKPOINT_EVERY_S, CURVES_COST_FACTOR, CURVES_EVERY_S, RunOutputs, _host_copy, _unwrap
+from .outputs import CHECKPOINT_EVERY_S, CURVES_COST_FACTOR, CURVES_EVERY_S, RunOutputs, host_copy, unwrap
 from .plan import format_duration, validation_windows
 from .report import (
     TensorBoardLog,
@@ -183,7 +183,7 @@ class Trainer(RunOutputs):
         if channels_last(self.cfg, self.plan):
             x = x.contiguous(memory_format=torch.channels_last)
         with self.autocast():
-            fwd = forward_seconds(_unwrap(self.model), x, self.clock)
+            fwd = forward_seconds(unwrap(self.model), x, self.clock)
         val_s = fwd * validation_windows(self.val_ds, self.plan.patch_size) * 1.2 + 0.01 * len(self.val_ds)
         self.budget.step_s, self.budget.val_s = step_s, val_s
         self.total_steps = self.budget.fit_steps(self.step, self.total_steps, self.val_every * self.steps_per_epoch)
@@ -221,6 +221,8 @@ class Trainer(RunOutputs):
         """The budget (less the final evaluation's share) is spent, agreed by every rank."""
         if self.budget.limit is None:
             return False
+        if not self.dist.enabled:  # the host clock alone: no tensor, no device sync on the training step
+            return self.budget.spent()
         flag = torch.tensor([1.0 if self.budget.spent() else 0.0], device=self.dist.device)
         all_reduce_max(flag)
         return bool(flag.item())
@@ -305,7 +307,7 @@ class Trainer(RunOutputs):
     def predictor(self) -> Predictor:
         """The model in training applied as ``unetkit predict`` applies a checkpoint: windows of the patch size,
         padded with the normalised black, in the training precision."""
-        return Predictor(_unwrap(self.model), self.info, device=self.dist.device, amp=self.amp_dtype,
+        return Predictor(unwrap(self.model), self.info, device=self.dist.device, amp=self.amp_dtype,
                          tile=self.plan.patch_size, batch_size=max(1, self.plan.batch_size))
 
     def validate(self, boundary: bool = False) -> EvalResult:
@@ -313,7 +315,7 @@ class Trainer(RunOutputs):
         if self.dist.enabled:  # evaluate rank 0's BatchNorm statistics, the ones the checkpoint holds
             import torch.distributed as dist
 
-            for buf in _unwrap(self.model).buffers():
+            for buf in unwrap(self.model).buffers():
                 dist.broadcast(buf, 0)
         return evaluate(self.predictor(), self.val_ds, loss_fn=self.eval_loss, boundary=boundary,
                         keep=self.sample_idx)
@@ -402,7 +404,7 @@ class Trainer(RunOutputs):
             epoch += 1
             if self.dist.is_main:
                 if improved:  # kept in host memory; written with last.pt, so the two always agree on disk
-                    self._pending_best = (epoch, _host_copy(self.checkpoint_state(epoch)), val.kept)
+                    self._pending_best = (epoch, host_copy(self.checkpoint_state(epoch)), val.kept)
                 if finished or time.monotonic() - self._saved >= CHECKPOINT_EVERY_S:
                     self.write_checkpoints(epoch)
                 write_metrics_csv(self.history, self.run_dir / "metrics.csv")
