@@ -125,9 +125,11 @@ def smp_loop(data: str, budget: float, encoder: str = "resnet34") -> dict[str, A
     import torch
     from torch import nn
 
+    from unetkit.checkpoint import DataInfo
     from unetkit.data import get_datasets
     from unetkit.data.patches import PatchDataset
     from unetkit.evaluate import evaluate
+    from unetkit.inference import Predictor
     from unetkit.losses import build_loss
 
     t_start = time.perf_counter()
@@ -168,9 +170,14 @@ def smp_loop(data: str, budget: float, encoder: str = "resnet34") -> dict[str, A
             if time.perf_counter() - t_start > budget - (reserve or 0.0):
                 done = True
                 break
-    result = evaluate(model, val, num_classes=train.num_classes, ignore_index=train.ignore_index,
-                      tile_size=crop, batch_size=4)
-    return {"miou": result.miou, "steps": steps, "crop": list(crop), "encoder": encoder}
+    model.eval()
+    predictor = Predictor(model, DataInfo.from_dataset(train, crop), device="cpu", amp="off", batch_size=4)
+    cases = getattr(val, "cases", None) is not None  # volume slices: per-case Dice and HD95 as ours
+    result = evaluate(predictor, val, boundary=cases)
+    out = {"miou": result.miou, "steps": steps, "crop": list(crop), "encoder": encoder, "pixels": result.pixels}
+    if cases:
+        out["per_case_mean"] = result.to_json()["per_case"]["mean"]
+    return out
 
 
 def big_folder(root: Path) -> Path:

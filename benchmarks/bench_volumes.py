@@ -7,6 +7,8 @@ export ct-chest DIR --volumes`` the demo CT's), one run per variant under the sa
 * ``2d``: ``--spatial-dims 2 --context 0`` (a 2D UNet on slices),
 * ``2.5d``: ``--spatial-dims 2 --context 1`` (the neighbouring slice on each side as channels),
 * ``3d``: ``--spatial-dims 3`` (a 3D UNet on volume patches),
+* ``smp``: segmentation_models.pytorch ``Unet("resnet34")`` from scratch on the slices, in the plain loop of
+  ``bench_datasets.py`` (the ``bench`` extra), for the same wall time,
 
 then scores each run's best checkpoint on its validation cases with ``unetkit evaluate`` (per-case Dice
 and HD95, means over cases), and notes which variant ``unetkit plan`` chooses for the set. Writes
@@ -42,8 +44,38 @@ def planned_variant(data: Path) -> str:
     return "3d" if value.startswith("3D UNet") else ("2.5d" if "with context" in value else "2d")
 
 
+def case_means(mean: dict) -> tuple[float | None, float | None]:
+    """Case Dice and HD95 (mm): per-case means, averaged over the classes that have a number."""
+
+    def avg(key: str) -> float | None:
+        vals = [v for v in mean.get(key, []) if isinstance(v, (int, float))]
+        return round(sum(vals) / len(vals), 4) if vals else None
+
+    return avg("dice"), avg("hd95")
+
+
+def run_smp(data: Path, budget: str, out: Path, seed: int) -> dict:
+    """segmentation_models.pytorch ``Unet("resnet34")`` on the slices, the same wall time, scored per case."""
+    from unetkit.train.config import parse_duration
+
+    js = out / f"{data.name}-smp-s{seed}.json"
+    t0 = time.perf_counter()
+    script = Path(__file__).with_name("bench_datasets.py")
+    r = subprocess.run([sys.executable, str(script), "--smp-run", str(data), "--budget",
+                        str(parse_duration(budget)), "--json", str(js)], capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        return {"set": data.name, "variant": "smp", "error": r.stderr.strip().splitlines()[-1:]}
+    result = json.loads(js.read_text())
+    dice, hd95 = case_means(result["per_case_mean"])
+    return {"set": data.name, "variant": "smp", "seed": seed, "case_dice": dice, "hd95_mm": hd95,
+            "miou": result["miou"], "steps": result["steps"], "wall_s": round(wall, 1)}
+
+
 def run_variant(data: Path, variant: str, budget: str, out: Path, seed: int) -> dict:
     """Train one variant under the budget and score its best checkpoint per case."""
+    if variant == "smp":
+        return run_smp(data, budget, out, seed)
     run = out / f"{data.name}-{variant}-s{seed}"
     t0 = time.perf_counter()
     r = unetkit("train", "--data", str(data), "--time", budget, "--seed", str(seed), "--out", str(run),
@@ -54,14 +86,9 @@ def run_variant(data: Path, variant: str, budget: str, out: Path, seed: int) -> 
     js = run / "eval.json"
     unetkit("evaluate", str(run), "--json", str(js), "--amp", "off")
     result = json.loads(js.read_text())
-    mean = (result.get("per_case") or {}).get("mean", {})
-
-    def avg(key: str) -> float | None:
-        vals = [v for v in mean.get(key, []) if isinstance(v, (int, float))]
-        return round(sum(vals) / len(vals), 4) if vals else None
-
+    dice, hd95 = case_means((result.get("per_case") or {}).get("mean", {}))
     metrics = json.loads((run / "metrics.json").read_text())
-    return {"set": data.name, "variant": variant, "seed": seed, "case_dice": avg("dice"), "hd95_mm": avg("hd95"),
+    return {"set": data.name, "variant": variant, "seed": seed, "case_dice": dice, "hd95_mm": hd95,
             "miou": result["miou"], "steps": metrics.get("steps"), "wall_s": round(wall, 1)}
 
 
@@ -69,7 +96,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("sets", nargs="+", type=Path, help="volume folders")
     p.add_argument("--budget", default="3m", help="--time of every run (default 3m)")
-    p.add_argument("--variants", default="2d,2.5d,3d")
+    p.add_argument("--variants", default="2d,2.5d,3d,smp")
     p.add_argument("--seeds", default="0")
     p.add_argument("--out", type=Path, default=Path("runs/bench_volumes"))
     args = p.parse_args()
