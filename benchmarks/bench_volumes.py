@@ -14,6 +14,16 @@ then scores each run's best checkpoint on its validation cases with ``unetkit ev
 and HD95, means over cases), and notes which variant ``unetkit plan`` chooses for the set. Writes
 ``OUT/volumes.json`` and prints a markdown table. Every run uses the same seed; the budget includes
 planning, training and the final evaluation, as for users.
+
+Two more variants, not in the default ``--variants`` (they need ``nnunetv2``, of the ``bench`` extra), run
+nnU-Net v2 as a comparator with ``benchmarks/nnunet_compare.py`` in a child process under the same budget
+(from raw data to its predictions), on the same validation cases (``--seed``), scored per case by the
+same metrics (per-case Dice and HD95 with the case's spacing, on the slice grid our evaluation uses):
+
+* ``nnunet-3d``: its ``3d_fullres`` configuration,
+* ``nnunet-2d``: its ``2d`` configuration.
+
+E.g. ``--variants 2d,3d,nnunet-3d,nnunet-2d``. Their ``steps`` are nnU-Net's training iterations.
 """
 
 from __future__ import annotations
@@ -21,13 +31,17 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 VARIANTS = {"2d": ["--spatial-dims", "2", "--context", "0"], "2.5d": ["--spatial-dims", "2", "--context", "1"],
             "3d": ["--spatial-dims", "3"]}
+#: nnU-Net v2 comparators (benchmarks/nnunet_compare.py): variant -> its configuration.
+NNUNET_VARIANTS = {"nnunet-3d": "3d_fullres", "nnunet-2d": "2d"}
 
 
 def unetkit(*args: str) -> subprocess.CompletedProcess:
@@ -44,8 +58,9 @@ def planned_variant(data: Path) -> str:
     return "3d" if value.startswith("3D UNet") else ("2.5d" if "with context" in value else "2d")
 
 
-def case_means(mean: dict) -> tuple[float | None, float | None]:
-    """Case Dice and HD95 (mm): per-case means, averaged over the classes that have a number."""
+def case_means(mean: dict[str, Any]) -> tuple[float | None, float | None]:
+    """``(case Dice, HD95 mm)``: the means over classes of the per-case means (``per_case.mean`` of
+    eval.json, or ``per_case_mean`` of nnunet_compare.py), NaN (``None``) and inf (``"inf"``) left out."""
 
     def avg(key: str) -> float | None:
         vals = [v for v in mean.get(key, []) if isinstance(v, (int, float))]
@@ -72,10 +87,36 @@ def run_smp(data: Path, budget: str, out: Path, seed: int) -> dict:
             "miou": result["miou"], "steps": result["steps"], "wall_s": round(wall, 1)}
 
 
+def run_nnunet(data: Path, variant: str, budget: str, out: Path, seed: int) -> dict:
+    """nnU-Net v2 (``NNUNET_VARIANTS[variant]``) from raw data to scored predictions within the budget, in
+    its own process (benchmarks/nnunet_compare.py), on the validation cases of ``seed``."""
+    from unetkit.train.config import parse_duration
+
+    run = out / f"{data.name}-{variant}-s{seed}"
+    if run.exists():  # nnU-Net's folders of an earlier run
+        shutil.rmtree(run)
+    js = out / f"{data.name}-{variant}-s{seed}.json"
+    script = Path(__file__).with_name("nnunet_compare.py")
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, str(script), "--data", str(data), "--budget", str(parse_duration(budget)),
+                        "--configuration", NNUNET_VARIANTS[variant], "--seed", str(seed), "--work", str(run),
+                        "--json", str(js)], capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t0
+    (out / f"{data.name}-{variant}-s{seed}.log").write_text(r.stdout + r.stderr)
+    if r.returncode != 0:
+        return {"set": data.name, "variant": variant, "seed": seed, "error": r.stderr.strip().splitlines()[-1:]}
+    result = json.loads(js.read_text())
+    dice, hd95 = case_means(result.get("per_case_mean") or {})
+    return {"set": data.name, "variant": variant, "seed": seed, "case_dice": dice, "hd95_mm": hd95,
+            "miou": round(result["miou"], 6), "steps": result.get("steps"), "wall_s": round(wall, 1)}
+
+
 def run_variant(data: Path, variant: str, budget: str, out: Path, seed: int) -> dict:
     """Train one variant under the budget and score its best checkpoint per case."""
     if variant == "smp":
         return run_smp(data, budget, out, seed)
+    if variant in NNUNET_VARIANTS:
+        return run_nnunet(data, variant, budget, out, seed)
     run = out / f"{data.name}-{variant}-s{seed}"
     t0 = time.perf_counter()
     r = unetkit("train", "--data", str(data), "--time", budget, "--seed", str(seed), "--out", str(run),
@@ -96,10 +137,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("sets", nargs="+", type=Path, help="volume folders")
     p.add_argument("--budget", default="3m", help="--time of every run (default 3m)")
-    p.add_argument("--variants", default="2d,2.5d,3d,smp")
+    p.add_argument("--variants", default="2d,2.5d,3d,smp",
+                   help="comma-separated: 2d, 2.5d, 3d, smp, and nnU-Net's nnunet-3d, nnunet-2d (need nnunetv2)")
     p.add_argument("--seeds", default="0")
     p.add_argument("--out", type=Path, default=Path("runs/bench_volumes"))
     args = p.parse_args()
+    unknown = set(args.variants.split(",")) - set(VARIANTS) - set(NNUNET_VARIANTS) - {"smp"}
+    if unknown:
+        p.error(f"unknown variant(s) {', '.join(sorted(unknown))}; choose from "
+                f"{', '.join([*VARIANTS, 'smp', *NNUNET_VARIANTS])}")
     args.out.mkdir(parents=True, exist_ok=True)
     rows, planned = [], {}
     for data in args.sets:

@@ -1,9 +1,10 @@
 """nnU-Net v2 as a comparator of the development suite, under the same wall-time budget as ours.
 
 nnU-Net's own pipeline runs unchanged: our data set is written in its raw layout (our validation split
-becomes its test images), its fingerprint extraction, experiment planner and preprocessing build the
-``2d`` configuration, its trainer trains fold ``"all"`` (every training case) with its augmentation, SGD
-and poly schedule, deep supervision and loss, and its ``nnUNetPredictor`` (sliding windows, Gaussian
+becomes its test images), its fingerprint extraction, experiment planner and preprocessing build one
+configuration (``--configuration``: ``2d`` for image folders; ``3d_fullres`` by default or ``2d`` for
+volume folders), its trainer trains fold ``"all"`` (every training case) with its augmentation, SGD and
+poly schedule, deep supervision and loss, and its ``nnUNetPredictor`` (sliding windows, Gaussian
 weighting, mirroring) predicts the test images. One thing is changed: the schedule's length. A subclass
 of its trainer times a short first epoch and fits the number of epochs and iterations per epoch to what
 is left of the budget (:func:`fit_schedule`), with the poly schedule spanning the shortened run. The
@@ -11,15 +12,27 @@ budget is the whole wall time from raw data to predictions, as ours runs from ra
 evaluation. Predictions are scored by :mod:`unetkit.metrics` on the validation masks as our data layer
 reads them, so both are scored on the same pixels.
 
+Image folders (PNG/TIFF) are written as PNG or TIFF for nnU-Net's ``NaturalImage2DIO`` (:func:`convert`).
+Volume folders (``images/`` + ``masks/`` of NIfTI, NRRD, ... volumes) are read case by case with unetkit's
+volume readers and written as NIfTI on their own voxel grid with their affine, for nnU-Net's
+``SimpleITKIO`` (:func:`convert_volumes`), so its planner sees the real (possibly anisotropic) spacing.
+Their predictions are taken to our slice grid as our masks are and scored per case (Dice, HD95, NSD with
+the case's spacing) and over all voxels (:func:`score_volumes`); ``per_case_mean`` holds the means over
+cases that ``benchmarks/bench_volumes.py`` reports for its own variants.
+
 The trainer subclass is never looked up by name: it is instantiated directly in Python, and the trained
 network is handed to the predictor with ``nnUNetPredictor.manual_initialization`` (as nnU-Net's own final
 validation does), so nothing is copied into nnU-Net's package.
 
     python benchmarks/nnunet_compare.py --data /tmp/devsuite/ct-coronal --budget 180 --json nnunet.json
+    python benchmarks/nnunet_compare.py --data /tmp/devvol/mri-brain --budget 600 \\
+        --configuration 3d_fullres --seed 0 --json nnunet-3d.json
 
-``benchmarks/bench_datasets.py --compare nnunet`` runs it next to ours, one process per run.
-nnU-Net reads ``nnUNet_raw``, ``nnUNet_preprocessed`` and ``nnUNet_results`` when it is first imported,
-so :func:`run` sets them (to folders in its work folder) before importing it.
+``benchmarks/bench_datasets.py --compare nnunet`` runs it next to ours on image folders, and
+``benchmarks/bench_volumes.py --variants ...,nnunet-3d,nnunet-2d`` on volume folders, one process per run.
+``--seed`` draws our validation split as ``unetkit train --seed`` does. nnU-Net reads ``nnUNet_raw``,
+``nnUNet_preprocessed`` and ``nnUNet_results`` when it is first imported, so :func:`run` sets them (to
+folders in its work folder) before importing it.
 """
 
 from __future__ import annotations
@@ -40,7 +53,7 @@ import numpy as np
 
 DATASET_ID = 501  # any id works: every run has its own nnU-Net folders
 PLANS = "nnUNetPlans"  # nnU-Net's default planner (ExperimentPlanner) writes these plans
-CONFIGURATION = "2d"
+CONFIGURATIONS = ("2d", "3d_fullres")  # image folders: 2d only; volume folders: either (3d_fullres by default)
 FOLD = "all"  # train on every training case; nnU-Net then validates on the same cases
 ITERATIONS = 250  # nnU-Net's iterations per epoch, the most a fitted epoch gets
 VAL_RATIO = 50 / 250  # nnU-Net's validation iterations per training iteration
@@ -91,6 +104,12 @@ def fit_schedule(seconds: float, train_s: float, val_s: float, epoch_s: float = 
     return Schedule(epochs, iterations, val_iterations(iterations))
 
 
+def probe_done(timed: int, wanted: int, now: float, last_s: float, deadline: float) -> bool:
+    """Whether the timing epoch has timed enough training iterations: ``wanted`` of them, or (on a machine
+    far slower than the budget assumes) at least one when another would end past ``deadline``."""
+    return timed >= wanted or (timed >= 1 and now + last_s > deadline)
+
+
 def poly_lr(initial_lr: float, epoch: int, epochs: int, exponent: float = 0.9) -> float:
     """nnU-Net's poly schedule: the learning rate of ``epoch`` in a run of ``epochs`` epochs."""
     return initial_lr * (1 - epoch / epochs) ** exponent
@@ -98,11 +117,28 @@ def poly_lr(initial_lr: float, epoch: int, epochs: int, exponent: float = 0.9) -
 
 def sliding_tiles(shape: Sequence[int], patch: Sequence[int], step: float = 0.5) -> int:
     """Number of patches a sliding window with overlap ``1 - step`` needs over ``shape`` (padded to the
-    patch where smaller), as nnU-Net's predictor places them."""
-    n = 1
-    for s, p in zip(shape, patch):
+    patch where smaller), as nnU-Net's predictor places them. Any number of axes: axes of ``shape`` before
+    the patch's (a 2D patch over a volume) are slices, each tiled on its own."""
+    lead = len(shape) - len(patch)
+    if lead < 0:
+        raise ValueError(f"shape {tuple(shape)} has fewer axes than the patch {tuple(patch)}")
+    n = math.prod(int(s) for s in shape[:lead])
+    for s, p in zip(shape[lead:], patch):
         n *= math.ceil((max(s, p) - p) / (p * step)) + 1
     return n
+
+
+def preprocessed_shape(shape: Sequence[int], spacing: Sequence[float], plans: dict[str, Any],
+                       configuration: str) -> tuple[int, ...]:
+    """A case's shape once nnU-Net has transposed it and resampled it to ``configuration``'s spacing
+    (before its crop to the non-zero box), as its preprocessor computes it. ``shape`` and ``spacing`` are
+    in its reader's axis order (SimpleITK's: ``(K, J, I)``); the ``2d`` configuration keeps the spacing
+    between slices."""
+    order = plans["transpose_forward"]
+    old_shape, old_spacing = [shape[i] for i in order], [float(spacing[i]) for i in order]
+    target = [float(v) for v in plans["configurations"][configuration]["spacing"]]
+    target = old_spacing[:len(old_shape) - len(target)] + target
+    return tuple(int(round(s * o / t)) for s, o, t in zip(old_shape, old_spacing, target))
 
 
 def prediction_seconds(shapes: Sequence[Sequence[int]], patch: Sequence[int], first_case_s: float,
@@ -116,6 +152,24 @@ def prediction_seconds(shapes: Sequence[Sequence[int]], patch: Sequence[int], fi
 # ----------------------------------------------------------------------------- conversion
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9]", "", name) or "data"
+
+
+def is_volume_set(dataset: Any) -> bool:
+    """Whether ``dataset`` is a split of a volume folder (cases of NIfTI/NRRD/... volumes)."""
+    from unetkit.data.volume_dataset import VolumeSliceDataset
+
+    return isinstance(dataset, VolumeSliceDataset)
+
+
+def _labels_json(class_names: Sequence[str], has_ignore: bool) -> dict[str, int]:
+    """dataset.json ``labels``: our class names (unique; ``background`` first), plus ``ignore`` one above
+    the classes when a training mask has our ``ignore_index``."""
+    labels: dict[str, int] = {}
+    for k, name in enumerate(["background", *class_names[1:]]):
+        labels[name if name not in labels and name != "ignore" else f"{name} ({k})"] = k
+    if has_ignore:
+        labels["ignore"] = len(class_names)
+    return labels
 
 
 def channel_names(data: str, channels: int) -> dict[str, str]:
@@ -171,17 +225,88 @@ def convert(train: Any, val: Any, raw_root: Path, data: str = "data",
         cases[case] = val.names[i]
         for c in range(image.shape[0]):
             _write(folder / "imagesTs" / f"{case}_{c:04d}{ending}", image[c] if integer else image[c].astype(np.float32))
-    labels_json: dict[str, int] = {}
-    for k, name in enumerate(["background", *train.class_names[1:]]):
-        labels_json[name if name not in labels_json and name != "ignore" else f"{name} ({k})"] = k
-    if has_ignore:
-        labels_json["ignore"] = num_classes
-    dataset_json = {"channel_names": channel_names(data, train.in_channels), "labels": labels_json,
+    dataset_json = {"channel_names": channel_names(data, train.in_channels),
+                    "labels": _labels_json(train.class_names, has_ignore),
                     "numTraining": len(stored), "file_ending": ending,
                     "overwrite_image_reader_writer": "NaturalImage2DIO"}
     (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=1))
     (folder / "cases.json").write_text(json.dumps(cases, indent=1))
     return folder, dataset_json
+
+
+#: nnU-Net's reader and writer of the converted volumes. SimpleITKIO (its default for ``.nii.gz``) reads
+#: the voxels as stored, only with the axes reversed to ``(K, J, I)`` and the spacing with them, and writes
+#: predictions back on the input's grid and geometry: the voxel grid stays ours. (NibabelIOWithReorient
+#: would reorient to RAS first, i.e. flip or permute axes, before writing back.)
+VOLUME_READER = "SimpleITKIO"
+VOLUME_ENDING = ".nii.gz"
+
+
+def _write_nifti(reference: Any, array: np.ndarray, path: Path) -> None:
+    """``array`` on ``reference``'s grid as NIfTI, with unetkit's writer and a fresh header whose qform
+    and sform are both ``reference``'s affine, so SimpleITK and nibabel read the same geometry (a source's
+    own header could hold a qform and sform that disagree; NRRD and DICOM sources have none)."""
+    from unetkit.data.formats.nifti import write
+    from unetkit.data.volume_io import Volume
+
+    write(Volume(reference.array, reference.affine, reference.path, reference.format), array, path)
+
+
+def convert_volumes(train: Any, val: Any, raw_root: Path, data: str = "data",
+                    dataset_id: int = DATASET_ID) -> tuple[Path, dict[str, Any]]:
+    """Write the cases of a volume folder's ``(train, val)`` splits in nnU-Net's raw layout under ``raw_root``.
+
+    ``imagesTr/tr_XXXX_0000.nii.gz`` (one channel per case), ``labelsTr/tr_XXXX.nii.gz``, ``imagesTs/``
+    for the validation cases and ``dataset.json`` (reader :data:`VOLUME_READER`). Each stored volume is
+    read with unetkit's reader (any of its formats) and written as NIfTI on its own voxel grid, with its
+    affine, so nnU-Net's fingerprint sees each case's real spacing (its anisotropy rules depend on it); the
+    labels are written with their image's geometry. Our ``ignore_index`` becomes nnU-Net's ``ignore`` label
+    (one above the classes) when a training mask has it. ``cases.json`` maps the cases to ours. Returns the
+    dataset folder and its dataset.json.
+    """
+    from unetkit.data.volume_io import read_volume
+
+    folder = raw_root / f"Dataset{dataset_id:03d}_{_safe(Path(str(data)).name)}"
+    for sub in ("imagesTr", "labelsTr", "imagesTs"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    num_classes, ignore = train.num_classes, train.ignore_index
+    label_type = np.uint8 if num_classes < 255 else np.uint16  # the ignore label (num_classes) must fit
+    has_ignore = False
+    cases: dict[str, str] = {}
+    for i, case in enumerate(train.cases):
+        name = f"tr_{i:04d}"
+        cases[name] = case.name
+        image = read_volume(case.image)
+        _write_nifti(image, image.array, folder / "imagesTr" / f"{name}_0000{VOLUME_ENDING}")
+        labels = read_volume(case.mask, label=True).array
+        ignored = labels == ignore
+        has_ignore = has_ignore or bool(ignored.any())
+        _write_nifti(image, np.where(ignored, num_classes, labels).astype(label_type),
+                     folder / "labelsTr" / f"{name}{VOLUME_ENDING}")
+    for i, case in enumerate(val.cases):
+        name = f"ts_{i:04d}"
+        cases[name] = case.name
+        image = read_volume(case.image)
+        _write_nifti(image, image.array, folder / "imagesTs" / f"{name}_0000{VOLUME_ENDING}")
+    dataset_json = {"channel_names": channel_names(data, 1),
+                    "labels": _labels_json(train.class_names, has_ignore),
+                    "numTraining": len(train.cases), "file_ending": VOLUME_ENDING,
+                    "overwrite_image_reader_writer": VOLUME_READER}
+    (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=1))
+    (folder / "cases.json").write_text(json.dumps(cases, indent=1))
+    return folder, dataset_json
+
+
+def case_geometry(val: Any) -> list[tuple[tuple[int, ...], tuple[float, ...]]]:
+    """``(shape, spacing)`` of each validation case in SimpleITK's axis order ``(K, J, I)``, from the headers."""
+    from unetkit.data.volume_io import read_volume_geometry
+
+    out = []
+    for case in val.cases:
+        shape, affine = read_volume_geometry(case.image)
+        spacing = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+        out.append((tuple(int(s) for s in shape[::-1]), tuple(float(v) for v in spacing[::-1])))
+    return out
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -212,6 +337,65 @@ def score(pred_dir: Path, val: Any, ending: str = ".png") -> dict[str, Any]:
             "iou": [float(v) for v in m["iou"]], "images": len(val), "pixels": pixels}
 
 
+def on_slice_grid(case: Any, labels: Path, settings: Any) -> np.ndarray:
+    """The label volume ``labels`` on ``case``'s slice grid, by the path our data layer takes for a case's
+    mask (:func:`unetkit.data.volume_scan.load_case`: its geometry checked against the case's image, then
+    the slice axis moved first and any in-plane resampling). Raises ``ValueError`` when ``labels`` is not
+    on the image's voxel grid."""
+    from unetkit.data.errors import DatasetError
+    from unetkit.data.volume_scan import VolumeCase, load_case
+
+    if not labels.exists():
+        raise FileNotFoundError(f"no prediction {labels} for case {case.name}")
+    probe = VolumeCase(case.name, case.image, labels, case.rel_image, labels.name)
+    try:
+        load_case(probe, settings)
+    except DatasetError as e:
+        raise ValueError(f"prediction {labels.name} is not on the voxel grid of case {case.name} "
+                         f"({case.rel_image}): {e}") from e
+    assert probe.mask_data is not None
+    return probe.mask_data
+
+
+def score_volumes(pred_dir: Path, val: Any, ending: str = VOLUME_ENDING,
+                  tolerance_mm: float = 1.0) -> dict[str, Any]:
+    """Score nnU-Net's predictions ``ts_XXXX<ending>`` of a volume folder's validation cases with our metrics.
+
+    Each prediction is taken to the case's slice grid as our masks are (:func:`on_slice_grid`) and scored
+    there against the mask our evaluation reads, with the same ``ignore_index``: one confusion matrix over
+    every voxel (mIoU, Dice) and per-case Dice, IoU, HD95 and NSD at ``tolerance_mm`` with the case's
+    spacing (:class:`unetkit.metrics.surface.PerCaseMetrics`, as ``unetkit evaluate`` scores volumes).
+    The scored voxel count is checked against an independent count of the labelled voxels.
+    """
+    import torch
+
+    from unetkit.evaluate import _clean
+    from unetkit.metrics import SegmentationMetrics
+    from unetkit.metrics.surface import PerCaseMetrics
+
+    metrics = SegmentationMetrics(val.num_classes, ignore_index=val.ignore_index)
+    per_case = PerCaseMetrics(val.num_classes, tolerance_mm=tolerance_mm, ignore_index=val.ignore_index,
+                              class_names=list(val.class_names) or None)
+    labelled = 0
+    for i, case in enumerate(val.cases):
+        truth = case.mask_data if case.mask_data is not None else on_slice_grid(case, case.mask, val.settings)
+        pred = on_slice_grid(case, pred_dir / f"ts_{i:04d}{ending}", val.settings)
+        if pred.shape != truth.shape:
+            raise ValueError(f"prediction ts_{i:04d} is {pred.shape} on the slice grid, the mask of "
+                             f"{case.name} {truth.shape}")
+        labelled += int((truth != val.ignore_index).sum())
+        metrics.update(torch.from_numpy(pred.astype(np.int64))[None], torch.from_numpy(truth.astype(np.int64))[None])
+        per_case.update(case.name, pred, truth, case.spacing)
+    m = metrics.compute()
+    voxels = int(m["confusion_matrix"].sum())
+    assert voxels == labelled, f"scored {voxels} voxels but the validation masks label {labelled}"
+    cases = per_case.compute()
+    cases["tolerance_mm"] = tolerance_mm
+    return {"miou": float(m["miou"]), "dice": float(m["mdice"]), "pixel_accuracy": float(m["pixel_accuracy"]),
+            "iou": [float(v) for v in m["iou"]], "images": len(val.cases), "cases": len(val.cases),
+            "pixels": voxels, "per_case_mean": _clean(cases["mean"]), "per_case": _clean(cases)}
+
+
 # ----------------------------------------------------------------------------- nnU-Net (lazy imports)
 def set_paths(work: Path) -> dict[str, Path]:
     """Point nnU-Net's three folders into ``work``; must run before nnunetv2 is first imported."""
@@ -224,9 +408,10 @@ def set_paths(work: Path) -> dict[str, Path]:
     return paths
 
 
-def plan_and_preprocess(dataset_id: int = DATASET_ID, processes: int = 2) -> dict[str, Any]:
-    """``nnUNetv2_plan_and_preprocess -d ID -c 2d`` in Python (its default: no integrity check, which
-    :func:`convert`'s own layout does not need); returns the plans."""
+def plan_and_preprocess(dataset_id: int = DATASET_ID, configuration: str = "2d",
+                        processes: int = 2) -> dict[str, Any]:
+    """``nnUNetv2_plan_and_preprocess -d ID -c CONFIGURATION`` in Python (its default: no integrity check,
+    which :func:`convert`'s own layout does not need); returns the plans."""
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (
         extract_fingerprint_dataset,
         plan_experiment_dataset,
@@ -236,7 +421,9 @@ def plan_and_preprocess(dataset_id: int = DATASET_ID, processes: int = 2) -> dic
     extract_fingerprint_dataset(dataset_id, num_processes=processes, check_dataset_integrity=False,
                                 clean=True, verbose=False, show_progress_bar=False)
     plans, _ = plan_experiment_dataset(dataset_id)
-    preprocess_dataset(dataset_id, PLANS, (CONFIGURATION,), (processes,), show_progress_bar=False)
+    if configuration not in plans["configurations"]:
+        raise ValueError(f"nnU-Net planned {sorted(plans['configurations'])} for this data, not {configuration!r}")
+    preprocess_dataset(dataset_id, PLANS, (configuration,), (processes,), show_progress_bar=False)
     return plans
 
 
@@ -272,22 +459,29 @@ def budget_trainer_class() -> type:
             for i in range(self.probe_warmup + self.probe_timed):
                 t0 = self.clock()
                 outputs.append(self.train_step(next(self.dataloader_train)))
+                took = self.clock() - t0
                 if i >= self.probe_warmup:
-                    times.append(self.clock() - t0)
+                    times.append(took)
+                if probe_done(len(times), self.probe_timed, self.clock(), took, self.deadline):
+                    break
             self.on_train_epoch_end(outputs)
             with torch.no_grad():
                 self.on_validation_epoch_start()
                 val_outputs, val_times = [], []
-                for _ in range(2):
+                for _ in range(2):  # the first warms up; one only when the deadline has passed
                     t0 = self.clock()
                     val_outputs.append(self.validation_step(next(self.dataloader_val)))
                     val_times.append(self.clock() - t0)
+                    if self.clock() > self.deadline:
+                        break
                 self.on_validation_epoch_end(val_outputs)
             t0 = self.clock()
             self.on_epoch_end()
             epoch_s = self.clock() - t0
             train_s, val_s = float(np.median(times)), val_times[-1]
-            reserve = self.reserve(self)
+            # the prediction reserve costs a timed prediction: only worth it when an epoch could fit without it
+            timed_reserve = fit_schedule(self.deadline - self.clock(), train_s, val_s, epoch_s).epochs > 0
+            reserve = self.reserve(self) if timed_reserve else 0.0
             self.set_deep_supervision_enabled(self.enable_deep_supervision)
             left = self.deadline - self.clock() - reserve
             plan = fit_schedule(left, train_s, val_s, epoch_s)
@@ -296,7 +490,7 @@ def budget_trainer_class() -> type:
             self.num_val_iterations_per_epoch = plan.val_iterations
             self.lr_scheduler = PolyLRScheduler(self.optimizer, self.initial_lr, self.num_epochs)
             self.fitted = {**asdict(plan), "train_s": train_s, "val_s": val_s, "epoch_s": epoch_s,
-                           "reserve_s": reserve, "probe_iterations": len(outputs)}
+                           "reserve_s": reserve, "reserve_timed": timed_reserve, "probe_iterations": len(outputs)}
             self.print_to_log_file(f"budget: {self.fitted}")
             iterations, epoch_took = len(outputs), 0.0
             for _ in range(1, self.num_epochs):
@@ -323,8 +517,8 @@ def budget_trainer_class() -> type:
 
 
 def train(dataset_id: int, deadline: float, reserve: Callable[[Any], float], device: str = "cpu",
-          clock: Callable[[], float] = time.perf_counter) -> Any:
-    """Train nnU-Net's 2d configuration on fold "all" until ``deadline``; returns the trainer."""
+          clock: Callable[[], float] = time.perf_counter, configuration: str = "2d") -> Any:
+    """Train nnU-Net's ``configuration`` on fold "all" until ``deadline``; returns the trainer."""
     import multiprocessing
 
     import torch
@@ -340,7 +534,7 @@ def train(dataset_id: int, deadline: float, reserve: Callable[[Any], float], dev
     base = join(nnUNet_preprocessed, convert_id_to_dataset_name(dataset_id))
     plans = load_json(join(base, PLANS + ".json"))
     plans["continue_training"] = False
-    trainer = budget_trainer_class()(plans=plans, configuration=CONFIGURATION, fold=FOLD,
+    trainer = budget_trainer_class()(plans=plans, configuration=configuration, fold=FOLD,
                                      dataset_json=load_json(join(base, "dataset.json")), device=torch.device(device))
     trainer.set_budget(deadline, reserve, clock)
     trainer.run_training()
@@ -356,8 +550,8 @@ def predictor_for(trainer: Any, weights: dict | None = None) -> Any:
     network = getattr(trainer.network, "_orig_mod", trainer.network)  # torch.compile'd on CUDA: the module
     network.eval()
     predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
-                                perform_everything_on_device=True, device=trainer.device, verbose=False,
-                                verbose_preprocessing=False, allow_tqdm=False)
+                                perform_everything_on_device=trainer.device.type == "cuda",  # CUDA only
+                                device=trainer.device, verbose=False, verbose_preprocessing=False, allow_tqdm=False)
     params = weights if weights is not None else {k: v.detach().clone() for k, v in network.state_dict().items()}
     predictor.manual_initialization(network, trainer.plans_manager, trainer.configuration_manager, [params],
                                     trainer.dataset_json, trainer.__class__.__name__,
@@ -366,11 +560,10 @@ def predictor_for(trainer: Any, weights: dict | None = None) -> Any:
 
 
 def time_first_prediction(trainer: Any, files: list[str]) -> float:
-    """Seconds nnU-Net's predictor takes for one case (``files``: its channel files), in this process."""
-    from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
-
+    """Seconds nnU-Net's predictor takes for one case (``files``: its channel files), in this process,
+    read by the reader its plans name (NaturalImage2DIO for images, SimpleITKIO for volumes)."""
     t0 = time.perf_counter()
-    image, props = NaturalImage2DIO().read_images(files)
+    image, props = trainer.plans_manager.image_reader_writer_class().read_images(files)
     predictor_for(trainer).predict_single_npy_array(image, props)
     seconds = time.perf_counter() - t0
     trainer.network.train()
@@ -385,6 +578,7 @@ def predict(trainer: Any, images: Path, out: Path, processes: int = 0) -> None:
     """
     import torch
 
+    out.mkdir(parents=True, exist_ok=True)  # the sequential mode writes its arguments there first
     final = torch.load(Path(trainer.output_folder) / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     predictor = predictor_for(trainer, final["network_weights"])
     if processes == 0:
@@ -395,36 +589,59 @@ def predict(trainer: Any, images: Path, out: Path, processes: int = 0) -> None:
                                      num_processes_segmentation_export=processes)
 
 
-def run(data: str, budget: float, work: Path, device: str = "cpu") -> dict[str, Any]:
+def default_configuration(volumes: bool) -> str:
+    """``3d_fullres`` for a volume folder, ``2d`` for an image folder."""
+    return "3d_fullres" if volumes else "2d"
+
+
+def run(data: str, budget: float, work: Path, device: str = "cpu", configuration: str | None = None,
+        seed: int = 0) -> dict[str, Any]:
     """Raw data to scored predictions within ``budget`` seconds (conversion, planning, preprocessing,
-    training and prediction all count)."""
+    training and prediction all count). ``configuration``: nnU-Net's (default :func:`default_configuration`);
+    ``seed``: our validation split's, as ``unetkit train --seed`` draws it."""
     t_start = time.perf_counter()
     deadline = t_start + budget
     set_paths(work)
     from unetkit.data import get_datasets
 
-    train_ds, val = get_datasets(data)
+    train_ds, val = get_datasets(data, seed=seed)
     if val is None:
         raise ValueError(f"{data} has no validation split to predict")
-    folder, dataset_json = convert(train_ds, val, work / "nnUNet_raw", data)
+    volumes = is_volume_set(train_ds)
+    configuration = configuration or default_configuration(volumes)
+    allowed = CONFIGURATIONS if volumes else ("2d",)
+    if configuration not in allowed:
+        raise ValueError(f"configuration {configuration!r} for {'a volume' if volumes else 'an image'} folder; "
+                         f"choose one of {', '.join(allowed)}")
+    folder, dataset_json = (convert_volumes if volumes else convert)(train_ds, val, work / "nnUNet_raw", data)
     t_converted = time.perf_counter()
     processes = min(2, os.cpu_count() or 1)
-    plans = plan_and_preprocess(DATASET_ID, processes)
+    plans = plan_and_preprocess(DATASET_ID, configuration, processes)
     t_planned = time.perf_counter()
-    patch = plans["configurations"][CONFIGURATION]["patch_size"]
-    shapes = [val.image_size(i) for i in range(len(val))]
+    patch = plans["configurations"][configuration]["patch_size"]
+    if volumes:
+        shapes = [preprocessed_shape(s, sp, plans, configuration) for s, sp in case_geometry(val)]
+    else:
+        shapes = [val.image_size(i) for i in range(len(val))]
     first = sorted(str(p) for p in (folder / "imagesTs").glob(f"ts_0000_*{dataset_json['file_ending']}"))
     trainer = train(DATASET_ID, deadline,
-                    lambda t: prediction_seconds(shapes, patch, time_first_prediction(t, first)), device)
+                    lambda t: prediction_seconds(shapes, patch, time_first_prediction(t, first)), device,
+                    configuration=configuration)
     t_trained = time.perf_counter()
     predict(trainer, folder / "imagesTs", work / "predictions", 0 if device == "cpu" else processes)
     t_done = time.perf_counter()
-    result = score(work / "predictions", val, dataset_json["file_ending"])
-    result.update(seconds=round(t_done - t_start, 1), budget_s=budget, device=device, patch=list(patch),
+    if volumes:
+        result = score_volumes(work / "predictions", val, dataset_json["file_ending"])
+    else:
+        result = score(work / "predictions", val, dataset_json["file_ending"])
+    t_scored = time.perf_counter()
+    result.update(seconds=round(t_done - t_start, 1), budget_s=budget, device=device, configuration=configuration,
+                  seed=seed, patch=list(patch), spacing=list(plans["configurations"][configuration]["spacing"]),
                   batch=int(trainer.batch_size),
                   steps=trainer.fitted.get("iterations_run"), schedule=trainer.fitted,
                   time={"convert": round(t_converted - t_start, 1), "plan_preprocess": round(t_planned - t_converted, 1),
-                        "train": round(t_trained - t_planned, 1), "predict": round(t_done - t_trained, 1)})
+                        "train": round(t_trained - t_planned, 1), "predict": round(t_done - t_trained, 1),
+                        "score": round(t_scored - t_done, 1)})
     return result
 
 
@@ -435,11 +652,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--data", required=True, help="a unetkit dataset folder or built-in name")
     p.add_argument("--budget", type=float, default=180.0, help="seconds from raw data to predictions")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--configuration", choices=CONFIGURATIONS,
+                   help="nnU-Net's configuration (default: 3d_fullres for a volume folder, 2d for images)")
+    p.add_argument("--seed", type=int, default=0, help="our validation split's seed (unetkit train --seed)")
     p.add_argument("--work", type=Path, help="folder for nnU-Net's raw/preprocessed/results (default: a temp one)")
     p.add_argument("--json", type=Path, help="write the result here")
     args = p.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="unetkit-nnunet-"))
-    result = run(args.data, args.budget, work, args.device)
+    result = run(args.data, args.budget, work, args.device, args.configuration, args.seed)
     text = json.dumps(result)
     if args.json:
         args.json.write_text(text + "\n")
