@@ -43,9 +43,10 @@ def start(data: str, budget: float, seed: int, amp: str, out: Path) -> subproces
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
-def result(proc: subprocess.Popen, out: Path, seconds: float) -> dict[str, Any]:
-    """Exit code, best validation mIoU and steps of a finished run."""
+def result(proc: subprocess.Popen, out: Path, started: float) -> dict[str, Any]:
+    """Exit code, best validation mIoU, steps and wall seconds of a run, once it has finished."""
     rc = proc.wait()
+    seconds = time.perf_counter() - started
     if rc != 0:
         return {"rc": rc, "tail": out.with_suffix(".log").read_text().strip().splitlines()[-2:]}
     m = json.loads((out / "metrics.json").read_text())
@@ -87,7 +88,7 @@ def main() -> None:
             t0 = time.perf_counter()
             procs = {k: start(data_arg(args.suite, name), args.budget, seed, amp, outs[k])
                      for k, amp in PRECISIONS.items()}
-            pair = {"seed": seed, **{k: result(procs[k], outs[k], time.perf_counter() - t0) for k in PRECISIONS}}
+            pair = {"seed": seed, **{k: result(procs[k], outs[k], t0) for k in PRECISIONS}}
             print(name, json.dumps(pair), flush=True)
             pairs.append(pair)
         report["sets"][name] = {"pairs": pairs, "summary": summarise(pairs)}

@@ -165,7 +165,7 @@ def main() -> int:
     machine = machine_info(trainer.dist.device)
     where = machine.get("gpu") or f"{machine['cpu']}, {machine['torch_threads']} threads"
     print(f"{args.data} on {where}, torch {machine['torch']}, "
-          f"{describe_amp(args.amp, trainer.amp_dtype, trainer.dist.device, training=True)}")
+          f"{describe_amp(args.amp, trainer.amp_dtype, trainer.dist.device)}")
     print(f"plan: {plan_steps} steps of batch {trainer.plan.batch_size} ({spe} per epoch, {epochs} epochs), "
           f"validation every {trainer.val_every} epoch(s): {validations}; medians of {args.steps} steps and "
           f"{args.repeats} events")

@@ -200,7 +200,7 @@ class RunOutputs:
         cfg, ds, w, plan = self.cfg, self.train_ds, self.dist.world_size, self.plan
         m = unwrap(self.model)
         params = sum(p.numel() for p in m.parameters())
-        amp = describe_amp(cfg.amp, self.amp_dtype, self.dist.device, training=True)
+        amp = describe_amp(cfg.amp, self.amp_dtype, self.dist.device)
         mc = m.config
         width = f", base {mc.base_channels}" if mc.encoder == "plain" else ""
         rule = getattr(ds, "pairing_rule", "")

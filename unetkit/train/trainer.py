@@ -112,7 +112,7 @@ class Trainer(RunOutputs):
 
         self.eval_loss = build_loss(plan.loss, ds.num_classes, cfg.data.ignore_index, plan.class_weights)
         self.loss = DeepSupervisionLoss(self.eval_loss) if model.config.deep_supervision else self.eval_loss
-        self.amp_dtype = resolve_amp(cfg.amp, dev, training=True)
+        self.amp_dtype = resolve_amp(cfg.amp, dev)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
 
         batches = build_batches(cfg, plan, ds, self.dist)
