@@ -369,7 +369,7 @@ def score_volumes(pred_dir: Path, val: Any, ending: str = VOLUME_ENDING,
     """
     import torch
 
-    from unetkit.evaluate import _clean
+    from unetkit.evaluate import json_safe
     from unetkit.metrics import SegmentationMetrics
     from unetkit.metrics.surface import PerCaseMetrics
 
@@ -393,7 +393,7 @@ def score_volumes(pred_dir: Path, val: Any, ending: str = VOLUME_ENDING,
     cases["tolerance_mm"] = tolerance_mm
     return {"miou": float(m["miou"]), "dice": float(m["mdice"]), "pixel_accuracy": float(m["pixel_accuracy"]),
             "iou": [float(v) for v in m["iou"]], "images": len(val.cases), "cases": len(val.cases),
-            "pixels": voxels, "per_case_mean": _clean(cases["mean"]), "per_case": _clean(cases)}
+            "pixels": voxels, "per_case_mean": json_safe(cases["mean"]), "per_case": json_safe(cases)}
 
 
 # ----------------------------------------------------------------------------- nnU-Net (lazy imports)

@@ -18,7 +18,7 @@ import torch
 import yaml
 from PIL import Image
 
-from unetkit.evaluate import EvalResult
+from unetkit.evaluate import EvalResult, json_safe
 from unetkit.models import UNetConfig
 from unetkit.train import TrainConfig
 from unetkit.train.report import (
@@ -508,3 +508,11 @@ def test_report_fits_the_window_in_a_real_browser(tmp_path, width):
     assert set(imgs) == {"learning curves", "confusion matrix", "samples"}
     assert all(i["right"] <= m["clientWidth"] for i in imgs.values())
     assert imgs["samples"]["natural"] == 2400 and imgs["samples"]["width"] <= 1100  # scaled to the page
+
+
+def test_json_safe_keeps_metrics_parseable():
+    """NaN (a class absent from a case) becomes null, an infinite HD95 the string "inf", floats round to 6 places."""
+    raw = {"dice": [0.123456789, math.nan], "hd95": (math.inf, 2.0), "name": "case_1", "n": 3}
+    clean = json_safe(raw)
+    assert clean == {"dice": [0.123457, None], "hd95": ["inf", 2.0], "name": "case_1", "n": 3}
+    assert json.loads(json.dumps(clean, allow_nan=False)) == clean

@@ -80,7 +80,7 @@ class EvalResult:
                "per_class": per_class, "confusion_matrix": self.confusion_matrix,
                "images": self.images, "pixels": self.pixels}
         if self.per_case is not None:
-            out["per_case"] = _clean(self.per_case)
+            out["per_case"] = json_safe(self.per_case)
         return out
 
     def table(self) -> str:
@@ -123,12 +123,12 @@ def _mean_of(values: Sequence[float], finite: bool) -> float:
     return sum(vals) / len(vals) if vals else math.nan
 
 
-def _clean(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
     """JSON-safe: NaN -> None, inf -> "inf"."""
     if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if isinstance(obj, float):
         return None if math.isnan(obj) else ("inf" if math.isinf(obj) else round(obj, 6))
     return obj
