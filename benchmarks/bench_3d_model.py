@@ -8,7 +8,8 @@ per level, the first strided). Ours pools with max pooling and has two convs per
 
 Reported: voxels per second of a training step (forward, cross-entropy, backward, AdamW step) and of
 inference (``no_grad``, eval mode), medians over rounds that time every model once in an order rotated
-each round (so slow spells of a shared machine hit them all alike); parameter counts; ours/MONAI ratios.
+each round (so slow spells of a shared machine hit them all alike); parameter counts; ours/MONAI ratios,
+as a ratio of medians and paired round by round (median and quartiles of the per-round ratios).
 
     python benchmarks/bench_3d_model.py --patch 64 --batch 2 --rounds 5 --json results/3d_cpu.json
 """
@@ -85,6 +86,18 @@ def rounds(steps: dict[str, Callable[[], None]], n: int, warmup: int, device: to
     return times
 
 
+def paired_ratio(ours_s: Sequence[float], theirs_s: Sequence[float]) -> dict[str, float]:
+    """Our speed over theirs round by round (their time / ours, both timed in the same round): median and quartiles.
+
+    Pairing by round cancels the slow spells of a shared machine that a ratio of two medians keeps.
+    """
+    r = sorted(b / a for a, b in zip(ours_s, theirs_s))
+    if len(r) < 2:
+        return {"median": r[0], "q1": r[0], "q3": r[0]}
+    q1, med, q3 = statistics.quantiles(r, n=4, method="inclusive")
+    return {"median": med, "q1": q1, "q3": q3}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--widths", default="16,32,64,128", help="channels per level, doubling (default: 16,32,64,128)")
@@ -152,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     report["ratios"] = {f"{phase} vs {name}": ours[phase]["voxels_per_s"] / m[phase]["voxels_per_s"]
                         for name, m in report["models"].items() if name != "unetkit"
                         for phase in phases if phase in m}
+    report["paired_ratios"] = {f"{phase} vs {name}": paired_ratio(ours[phase]["times_s"], m[phase]["times_s"])
+                               for name, m in report["models"].items() if name != "unetkit"
+                               for phase in phases if phase in m}
     info = report["machine"]
     print(f"{info.get('gpu') or info['cpu']}, torch {info['torch']}, {info['torch_threads']} threads; patch "
           f"{'x'.join(map(str, patch))}, batch {args.batch}, widths {widths}, {args.rounds} rounds")
@@ -160,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
         cells = "".join(f"{m[ph]['voxels_per_s'] / 1e6:>16.3f}" for ph in phases if ph in m)
         print(f"{name:<16}{m['params']:>12,}{cells}")
     for k, v in report["ratios"].items():
-        print(f"ours/MONAI {k}: {v:.2f}x")
+        q = report["paired_ratios"][k]
+        print(f"ours/MONAI {k}: {v:.2f}x (paired by round: median {q['median']:.3f}x, quartiles "
+              f"{q['q1']:.3f}-{q['q3']:.3f}x)")
     if args.json is not None:
         text = json.dumps(report, indent=2)
         atomic_write(args.json, lambda tmp: tmp.write_text(text))

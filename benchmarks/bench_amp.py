@@ -8,8 +8,8 @@ seed, so the same initial weights, data order and augmentation draws, and its di
 (bf16 - fp32 validation mIoU of the best checkpoint) is the paired measurement; reported per set: the
 mean difference, its standard deviation, how many seeds bf16 won, and fp32's seed-to-seed spread.
 
-    python benchmarks/devsuite.py /tmp/devsuite
-    python benchmarks/bench_amp.py --suite /tmp/devsuite --budget 90 --seeds 0,1,2,3,4 \\
+    python benchmarks/devsuite.py devsuite
+    python benchmarks/bench_amp.py --suite devsuite --budget 90 --seeds 0,1,2,3,4 \\
         --json benchmarks/results/amp_paired.json
 
 Run it on a CPU with native bf16 (AVX512-BF16 or AMX, see ``unetkit.device.cpu_has_native_bf16``):

@@ -5,7 +5,7 @@ training process) of
 
 (a) ``unetkit train --data D --time BUDGET``: our defaults (planned patches, foreground sampling, budget);
 (b) the previous defaults (whole images, 120 fixed epochs), run from an older unetkit source tree given
-    with ``--previous-src`` (e.g. ``git worktree add /tmp/prev <commit>``); skipped when not given;
+    with ``--previous-src`` (e.g. ``git worktree add ../prev <commit>``); skipped when not given;
 (c) segmentation_models.pytorch ``Unet("resnet34", encoder_weights=None)`` in a plain loop (AdamW, lr 1e-3,
     CE + Dice, random crops of the median image size rounded up to 32, batch 4) for the same wall time as
     (a), evaluated by the same whole-image evaluation as ours.
@@ -16,25 +16,25 @@ and, with ``--big``, the peak memory of ``unetkit train`` on a folder holding 40
 preprocessing, training (fold "all", schedule length fitted to the same wall time as (a)) and
 prediction, scored by our metrics on the same validation pixels (``benchmarks/nnunet_compare.py``):
 
-    python benchmarks/bench_datasets.py --suite /tmp/devsuite --datasets ct-coronal --budget 180 --no-smp \
+    python benchmarks/bench_datasets.py --suite devsuite --datasets ct-coronal --budget 180 --no-smp \
         --compare nnunet --json benchmarks/results/nnunet.json
 
-    python benchmarks/devsuite.py /tmp/devsuite
-    python benchmarks/bench_datasets.py --suite /tmp/devsuite --budget 180 --previous-src /tmp/prev --big \\
+    python benchmarks/devsuite.py devsuite
+    python benchmarks/bench_datasets.py --suite devsuite --budget 180 --previous-src ../prev --big \\
         --json benchmarks/results/datasets.json
 
 ``--variant NAME=FLAGS`` (repeatable) replaces (a) by one run per variant, with those ``unetkit train``
 flags added, in an order alternated from one data set to the next; ``--smp-encoder`` picks (c)'s encoder
 and ``--no-smp`` skips it. E.g. two decoder widths of a VGG16 UNet:
 
-    python benchmarks/bench_datasets.py --suite /tmp/devsuite --datasets ct-chest,digits --budget 120 \\
+    python benchmarks/bench_datasets.py --suite devsuite --datasets ct-chest,digits --budget 120 \\
         --variant "auto=--encoder vgg16" --variant "mirror=--encoder vgg16 --decoder-channels mirror" \\
         --smp-encoder vgg16 --json benchmarks/results/decoder_widths.json
 
 ``--seeds 0,1,2`` runs every variant once per seed; ``--budget 0`` trains the planned length (the CLI's
 default), so variants do the same steps. E.g. fp32 against bf16 autocast at the defaults:
 
-    python benchmarks/bench_datasets.py --suite /tmp/devsuite --budget 0 --seeds 0,1,2 --no-smp \
+    python benchmarks/bench_datasets.py --suite devsuite --budget 0 --seeds 0,1,2 --no-smp \
         --variant "fp32=--amp off" --variant "bf16=--amp bf16" --json benchmarks/results/bf16_devsuite.json
 
 Every run is a separate process, so peak memory is that run's alone. See docs/benchmarks.md.
@@ -63,7 +63,8 @@ def run_process(cmd: list[str], env: dict[str, str] | None = None, log: Path | N
     with open(log or os.devnull, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         _, status, usage = os.wait4(proc.pid, 0)
-    tail = log.read_text().strip().splitlines()[-3:] if log else []
+    # The tail goes into the results file: the scratch folder's name, which says nothing, becomes WORK.
+    tail = [ln.replace(str(log.parent), "WORK") for ln in log.read_text().strip().splitlines()[-3:]] if log else []
     return {"rc": os.waitstatus_to_exitcode(status), "seconds": round(time.perf_counter() - t0, 1),
             "peak_mb": round(usage.ru_maxrss / 1024), "tail": tail}
 

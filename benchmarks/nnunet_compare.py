@@ -24,8 +24,8 @@ The trainer subclass is never looked up by name: it is instantiated directly in 
 network is handed to the predictor with ``nnUNetPredictor.manual_initialization`` (as nnU-Net's own final
 validation does), so nothing is copied into nnU-Net's package.
 
-    python benchmarks/nnunet_compare.py --data /tmp/devsuite/ct-coronal --budget 180 --json nnunet.json
-    python benchmarks/nnunet_compare.py --data /tmp/devvol/mri-brain --budget 600 \\
+    python benchmarks/nnunet_compare.py --data devsuite/ct-coronal --budget 180 --json nnunet.json
+    python benchmarks/nnunet_compare.py --data devvol/mri-brain --budget 600 \\
         --configuration 3d_fullres --seed 0 --json nnunet-3d.json
 
 ``benchmarks/bench_datasets.py --compare nnunet`` runs it next to ours on image folders, and

@@ -1,7 +1,8 @@
 """Planning for volumes: 2D slices (2.5D with context) or a 3D UNet on volume patches, and the 3D plan.
 
-* **2D, 2.5D or 3D** (:func:`choose_spatial_dims`): on a CPU a 2D network on slices, which beat 3D (and
-  matched or beat 2.5D) at the same budget on every volume set measured; on a GPU a 3D network when the
+* **2D, 2.5D or 3D** (:func:`choose_spatial_dims`): on a CPU a 2D network on slices, which was the best or
+  within 0.0034 case Dice of the best of 2D, 2.5D and 3D at the same budget on every volume set measured
+  (3, 5 and 20 minutes); on a GPU a 3D network when the
   cases are close to isotropic (slices at most ``MAX_ANISOTROPY`` times thicker than the pixels are wide)
   and deep enough for a 3D patch (at least ``MIN_SLICES`` slices), else 2D. ``--spatial-dims`` and
   ``--context`` (2.5D) override the rule.
@@ -47,11 +48,11 @@ def choose_spatial_dims(cfg: TrainConfig, train: Any, device: torch.device | str
     """``(2 or 3, reason)`` for a volume split ``train`` (slices along the planned axis) trained on ``device``;
     2D images get ``(2, ...)``.
 
-    Measured on the development suite (docs/volumes.md; 2 CPU cores, the same 3-minute budget): a 2D network
-    on slices was the best or within 0.002 case Dice of it on every volume set, and far above a 3D UNet, which
-    manages a third to a sixth of the steps on a CPU; one neighbouring slice on each side (2.5D) gained at most
-    0.0015 on the near-isotropic MRI sets and lost 0.016 on 40 mm CT slices. So on a CPU: 2D (2.5D when
-    ``--context`` is given). On a GPU: a 3D UNet for near-isotropic cases deep enough for a 3D patch
+    Measured on the development suite (docs/volumes.md; 2 CPU cores, the same budget of 3, 5 or 20 minutes
+    for every variant): a 2D network on slices was the best or within 0.0034 case Dice of the best on every
+    volume set. A 3D UNet manages a third to a sixth of its steps on a CPU and led only once (the 3 mm
+    isotropic brain at 20 minutes, by 0.0015); one neighbouring slice on each side (2.5D) changed case Dice
+    by -0.016 to +0.0034 with no consistent sign. So on a CPU: 2D (2.5D when ``--context`` is given). On a GPU: a 3D UNet for near-isotropic cases deep enough for a 3D patch
     (nnU-Net's finding for its 3d_fullres; not measured here), 2D otherwise.
     """
     given = cfg.spatial_dims or (3 if cfg.model.spatial_dims == 3 else None)
@@ -66,9 +67,9 @@ def choose_spatial_dims(cfg: TrainConfig, train: Any, device: torch.device | str
     anisotropy = spacing[0] / max(min(spacing[1:]), 1e-6)
     grid = f"median case {shape[0]}x{shape[1]}x{shape[2]} voxels of {spacing[0]:.3g}x{spacing[1]:.3g}x{spacing[2]:.3g} mm"
     if torch.device(device).type != "cuda":
-        return 2, (f"{grid}; on a CPU a 2D network on slices: at the same budget it beat a 3D UNet on every volume "
-                   "set of the development suite (docs/volumes.md; --spatial-dims 3 or --context 1 to choose "
-                   "otherwise)")
+        return 2, (f"{grid}; on a CPU a 2D network on slices: at the same budget it was the best or within 0.0034 "
+                   "case Dice of the best of 2D, 2.5D and 3D on every volume set of the development suite "
+                   "(docs/volumes.md; --spatial-dims 3 or --context 1 to choose otherwise)")
     if anisotropy > MAX_ANISOTROPY:
         return 2, (f"{grid}: slices {anisotropy:.1f}x thicker than the pixels (> {MAX_ANISOTROPY:g}), so a 2D "
                    "network on slices (--spatial-dims 3 for a 3D one)")
