@@ -2,10 +2,9 @@
 
 * **2D, 2.5D or 3D** (:func:`choose_spatial_dims`): on a CPU a 2D network on slices, which was the best or
   within 0.0034 case Dice of the best of 2D, 2.5D and 3D at the same budget on every volume set measured
-  (3, 5 and 20 minutes); on a GPU a 3D network when the
-  cases are close to isotropic (slices at most ``MAX_ANISOTROPY`` times thicker than the pixels are wide)
-  and deep enough for a 3D patch (at least ``MIN_SLICES`` slices), else 2D. ``--spatial-dims`` and
-  ``--context`` (2.5D) override the rule.
+  (3, 5 and 20 minutes); on a GPU a 3D network when the cases are close to isotropic (slices at most
+  ``MAX_ANISOTROPY`` times thicker than the pixels are wide) and deep enough for a 3D patch (at least
+  ``MIN_SLICES`` slices), else 2D. ``--spatial-dims`` and ``--context`` (2.5D) override the rule.
 * **3D plan** (:func:`plan_3d`): the patch starts from the median case (on the slice grid) and shrinks its
   physically longest axis until it holds ``TARGET_VOXELS / BATCH_3D`` voxels; the encoder's strides and
   kernels follow the voxel spacing (:func:`unetkit.models.stages.plan_stages`: a thick axis is pooled only
@@ -52,8 +51,9 @@ def choose_spatial_dims(cfg: TrainConfig, train: Any, device: torch.device | str
     for every variant): a 2D network on slices was the best or within 0.0034 case Dice of the best on every
     volume set. A 3D UNet manages a third to a sixth of its steps on a CPU and led only once (the 3 mm
     isotropic brain at 20 minutes, by 0.0015); one neighbouring slice on each side (2.5D) changed case Dice
-    by -0.016 to +0.0034 with no consistent sign. So on a CPU: 2D (2.5D when ``--context`` is given). On a GPU: a 3D UNet for near-isotropic cases deep enough for a 3D patch
-    (nnU-Net's finding for its 3d_fullres; not measured here), 2D otherwise.
+    by -0.016 to +0.0034 with no consistent sign. So on a CPU: 2D (2.5D when ``--context`` is given). On a
+    GPU: a 3D UNet for near-isotropic cases deep enough for a 3D patch (nnU-Net's finding for its 3d_fullres;
+    not measured here), 2D otherwise.
     """
     given = cfg.spatial_dims or (3 if cfg.model.spatial_dims == 3 else None)
     cases = getattr(train, "cases", None)
