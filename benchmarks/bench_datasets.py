@@ -94,9 +94,11 @@ def previous(data: str, src: Path, out: Path) -> dict[str, Any]:
     return r
 
 
-def smp_reference(data: str, budget: float, out: Path, encoder: str = "resnet34") -> dict[str, Any]:
+def smp_reference(data: str, budget: float, out: Path, encoder: str = "resnet34", seed: int = 0) -> dict[str, Any]:
+    """(c) in its own process (:func:`smp_loop`), its result merged into the process's."""
     r = run_process([sys.executable, __file__, "--smp-run", data, "--budget", str(budget), "--smp-encoder",
-                     encoder, "--json", str(out.with_suffix(".json"))], log=out.with_suffix(".log"))
+                     encoder, "--seeds", str(seed), "--json", str(out.with_suffix(".json"))],
+                    log=out.with_suffix(".log"))
     if r["rc"] == 0:
         r.update(json.loads(out.with_suffix(".json").read_text()))
     return r
@@ -119,8 +121,17 @@ def check_pixels(row: dict[str, Any]) -> None:
         raise AssertionError(f"runs scored on different numbers of pixels: {counts}")
 
 
-def smp_loop(data: str, budget: float, encoder: str = "resnet34") -> dict[str, Any]:
-    """(c): a plain training loop a user would write around smp's Unet, stopped at ``budget`` seconds."""
+def loss_trace(losses: Sequence[float], every: int = 100) -> list[list[float]]:
+    """``[[last step, mean loss], ...]`` over windows of ``every`` steps (the last one may be shorter): what a
+    run's loss did, small enough to keep in a results file."""
+    return [[min(i + every, len(losses)), round(sum(losses[i:i + every]) / len(losses[i:i + every]), 6)]
+            for i in range(0, len(losses), every)]
+
+
+def smp_loop(data: str, budget: float, encoder: str = "resnet34", seed: int = 0) -> dict[str, Any]:
+    """(c): a plain training loop a user would write around smp's Unet, stopped at ``budget`` seconds and
+    scored with its last weights; ``seed`` seeds the weights and draws the validation cases of a volume
+    folder as ``unetkit train --seed`` does. Its loss, every 100 steps, is kept as ``loss_trace``."""
     import numpy as np
     import segmentation_models_pytorch as smp
     import torch
@@ -134,8 +145,8 @@ def smp_loop(data: str, budget: float, encoder: str = "resnet34") -> dict[str, A
     from unetkit.losses import build_loss
 
     t_start = time.perf_counter()
-    torch.manual_seed(0)
-    train, val = get_datasets(data)  # z-score normalisation from the training images
+    torch.manual_seed(seed)
+    train, val = get_datasets(data, seed=seed)  # z-score normalisation from the training images
     sizes = np.array([train.image_size(i) for i in range(len(train))])
     crop = tuple(int(max(64, -(-int(np.median(sizes[:, a])) // 32) * 32)) for a in (0, 1))
     crops = PatchDataset(train, crop, foreground_fraction=0.0)  # uniform random crops, padded with ignore
@@ -155,7 +166,7 @@ def smp_loop(data: str, budget: float, encoder: str = "resnet34") -> dict[str, A
     model = Net()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
     loss_fn = build_loss("ce+dice", train.num_classes, train.ignore_index)
-    steps, reserve = 0, None
+    steps, reserve, losses = 0, None, []
     done = False
     while not done:
         for x, y in loader:
@@ -166,6 +177,7 @@ def smp_loop(data: str, budget: float, encoder: str = "resnet34") -> dict[str, A
             loss.backward()
             opt.step()
             steps += 1
+            losses.append(loss.item())
             if steps == 3:  # leave time for the evaluation: a forward pass is about a third of a step of 4
                 reserve = 2 * len(val) * (time.perf_counter() - t0) / 12
             if time.perf_counter() - t_start > budget - (reserve or 0.0):
@@ -175,7 +187,8 @@ def smp_loop(data: str, budget: float, encoder: str = "resnet34") -> dict[str, A
     predictor = Predictor(model, DataInfo.from_dataset(train, crop), device="cpu", amp="off", batch_size=4)
     cases = getattr(val, "cases", None) is not None  # volume slices: per-case Dice and HD95 as ours
     result = evaluate(predictor, val, boundary=cases)
-    out = {"miou": result.miou, "steps": steps, "crop": list(crop), "encoder": encoder, "pixels": result.pixels}
+    out = {"miou": result.miou, "steps": steps, "crop": list(crop), "encoder": encoder, "pixels": result.pixels,
+           "seed": seed, "loss_trace": loss_trace(losses)}
     if cases:
         out["per_case_mean"] = result.to_json()["per_case"]["mean"]
     return out
@@ -222,7 +235,8 @@ def main() -> None:
     p.add_argument("--smp-run", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.smp_run:
-        args.json.write_text(json.dumps(smp_loop(args.smp_run, args.budget, args.smp_encoder)))
+        seed = int(args.seeds.split(",")[0])
+        args.json.write_text(json.dumps(smp_loop(args.smp_run, args.budget, args.smp_encoder, seed)))
         return
     variants = {"ours": []}
     if args.variant:
@@ -244,13 +258,13 @@ def main() -> None:
         for seed in seeds:
             for vname in order:
                 key = vname if len(seeds) == 1 else f"{vname}/seed{seed}"
-                flags = variants[vname] + (["--seed", str(seed)] if len(seeds) > 1 else [])
+                flags = [*variants[vname], "--seed", str(seed)]
                 row[key] = ours(data, args.budget, work / f"{name}-{key.replace('/', '-')}", flags)
         if args.previous_src:
             row["previous"] = previous(data, args.previous_src, work / f"{name}-previous")
         if not args.no_smp:
             first = next(iter(row.values()))
-            row["smp"] = smp_reference(data, first["seconds"], work / f"{name}-smp", args.smp_encoder)
+            row["smp"] = smp_reference(data, first["seconds"], work / f"{name}-smp", args.smp_encoder, seeds[0])
         if "nnunet" in args.compare:
             first = next(iter(row.values()))
             row["nnunet"] = nnunet_reference(data, first["seconds"], work / f"{name}-nnunet", args.nnunet_device)

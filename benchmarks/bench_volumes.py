@@ -77,14 +77,16 @@ def run_smp(data: Path, budget: str, out: Path, seed: int) -> dict:
     t0 = time.perf_counter()
     script = Path(__file__).with_name("bench_datasets.py")
     r = subprocess.run([sys.executable, str(script), "--smp-run", str(data), "--budget",
-                        str(parse_duration(budget)), "--json", str(js)], capture_output=True, text=True, check=False)
+                        str(parse_duration(budget)), "--seeds", str(seed), "--json", str(js)],
+                       capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t0
     if r.returncode != 0:
         return {"set": data.name, "variant": "smp", "error": r.stderr.strip().splitlines()[-1:]}
     result = json.loads(js.read_text())
     dice, hd95 = case_means(result["per_case_mean"])
     return {"set": data.name, "variant": "smp", "seed": seed, "case_dice": dice, "hd95_mm": hd95,
-            "miou": result["miou"], "steps": result["steps"], "wall_s": round(wall, 1)}
+            "miou": result["miou"], "steps": result["steps"], "wall_s": round(wall, 1),
+            "loss_trace": result["loss_trace"]}
 
 
 def run_nnunet(data: Path, variant: str, budget: str, out: Path, seed: int) -> dict:

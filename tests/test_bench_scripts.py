@@ -22,3 +22,13 @@ def test_paired_ratio_pairs_rounds_not_medians() -> None:
     assert q["q1"] == pytest.approx(1.075)
     assert q["q3"] == pytest.approx(1.2)
     assert paired_ratio([2.0], [3.0]) == {"median": 1.5, "q1": 1.5, "q3": 1.5}
+
+
+def test_loss_trace_means_windows_of_steps() -> None:
+    from bench_datasets import loss_trace
+
+    losses = [4.0, 2.0, 1.0, 1.0, 0.5]
+    # windows of 2 steps: (4+2)/2 at step 2, (1+1)/2 at step 4, the short last window 0.5 at step 5
+    assert loss_trace(losses, every=2) == [[2, 3.0], [4, 1.0], [5, 0.5]]
+    assert loss_trace(losses, every=100) == [[5, 1.7]]
+    assert loss_trace([], every=100) == []
