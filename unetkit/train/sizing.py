@@ -12,7 +12,6 @@ import torch
 from .budget import forward_seconds
 from .outputs import unwrap
 from .plan import validation_windows
-from .setup import channels_last
 
 #: Optimizer steps timed (after one untimed) before a time-budgeted run fixes its length.
 PROBE_STEPS = 6
@@ -31,14 +30,14 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
 
 class RunSizing:
     """Sizes and resizes a time-budgeted run (mixed into :class:`unetkit.train.Trainer`, whose state it reads:
-    ``budget``, ``plan``, ``model``, ``step``, ``total_steps``, ``val_every``, ``steps_per_epoch``, ``dist``)."""
+    ``budget``, ``plan``, ``model``, ``channels_last``, ``step``, ``total_steps``, ``val_every``, ``steps_per_epoch``, ``dist``)."""
 
     def _size_the_run(self, step_s: float) -> None:
         """Fix the run's length from the measured step and validation times and the budget (the validation
         schedule is the plan's, so which epochs are validated does not depend on the machine's load)."""
         dev = self.dist.device
         x = torch.zeros(self.plan.batch_size, self.train_ds.in_channels, *self.plan.patch_size, device=dev)
-        if channels_last(self.cfg, self.plan):
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with self.autocast():
             fwd = forward_seconds(unwrap(self.model), x, self.clock)
