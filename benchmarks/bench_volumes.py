@@ -70,23 +70,18 @@ def case_means(mean: dict[str, Any]) -> tuple[float | None, float | None]:
 
 
 def run_smp(data: Path, budget: str, out: Path, seed: int) -> dict:
-    """segmentation_models.pytorch ``Unet("resnet34")`` on the slices, the same wall time, scored per case."""
+    """segmentation_models.pytorch ``Unet("resnet34")`` on the slices, the same wall time, scored per case
+    (``bench_datasets.smp_reference``, in its own process)."""
+    from bench_datasets import smp_reference
+
     from unetkit.train.config import parse_duration
 
-    js = out / f"{data.name}-smp-s{seed}.json"
-    t0 = time.perf_counter()
-    script = Path(__file__).with_name("bench_datasets.py")
-    r = subprocess.run([sys.executable, str(script), "--smp-run", str(data), "--budget",
-                        str(parse_duration(budget)), "--seeds", str(seed), "--json", str(js)],
-                       capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - t0
-    if r.returncode != 0:
-        return {"set": data.name, "variant": "smp", "error": r.stderr.strip().splitlines()[-1:]}
-    result = json.loads(js.read_text())
-    dice, hd95 = case_means(result["per_case_mean"])
+    r = smp_reference(str(data), parse_duration(budget), out / f"{data.name}-smp-s{seed}", seed=seed)
+    if r["rc"] != 0:
+        return {"set": data.name, "variant": "smp", "seed": seed, "error": r["tail"][-1:]}
+    dice, hd95 = case_means(r["per_case_mean"])
     return {"set": data.name, "variant": "smp", "seed": seed, "case_dice": dice, "hd95_mm": hd95,
-            "miou": result["miou"], "steps": result["steps"], "wall_s": round(wall, 1),
-            "loss_trace": result["loss_trace"]}
+            "miou": r["miou"], "steps": r["steps"], "wall_s": r["seconds"], "loss_trace": r["loss_trace"]}
 
 
 def run_nnunet(data: Path, variant: str, budget: str, out: Path, seed: int) -> dict:
