@@ -19,13 +19,23 @@ PROBE_STEPS = 6
 UNBOUNDED_STEPS = 10**9
 
 
-def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
-    """Maximum over ranks in place (a no-op in a single process): "any rank says stop"."""
+def _all_reduce(t: torch.Tensor, op: str) -> torch.Tensor:
+    """``op`` ("MAX" or "MIN") over ranks in place (a no-op in a single process)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        dist.all_reduce(t, op=getattr(dist.ReduceOp, op))
     return t
+
+
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    """Maximum over ranks in place (a no-op in a single process): "any rank says stop"."""
+    return _all_reduce(t, "MAX")
+
+
+def all_reduce_min(t: torch.Tensor) -> torch.Tensor:
+    """Minimum over ranks in place (a no-op in a single process): "every rank runs the smallest estimate"."""
+    return _all_reduce(t, "MIN")
 
 
 class RunSizing:
@@ -45,10 +55,7 @@ class RunSizing:
         self.budget.step_s, self.budget.val_s = step_s, val_s
         self.total_steps = self.budget.fit_steps(self.step, self.total_steps, self.val_every * self.steps_per_epoch)
         totals = torch.tensor([float(self.total_steps), -float(self.val_every)], device=dev)
-        if self.dist.enabled:  # every rank runs the same number of steps: the smallest estimate
-            import torch.distributed as dist
-
-            dist.all_reduce(totals, op=dist.ReduceOp.MIN)
+        all_reduce_min(totals)  # every rank runs the same number of steps: the smallest estimate
         self.total_steps, self.val_every = int(totals[0]), int(-totals[1])
         self.sized = True
         self._sized_at = (self.step, self.budget.elapsed())
@@ -66,10 +73,7 @@ class RunSizing:
         cap = self.plan.epochs * self.steps_per_epoch if self.plan.epochs else (self.plan.max_steps or UNBOUNDED_STEPS)
         total = torch.tensor([float(self.budget.refit_steps(self.step, self._sized_at, cap))],
                              device=self.dist.device)
-        if self.dist.enabled:
-            import torch.distributed as dist
-
-            dist.all_reduce(total, op=dist.ReduceOp.MIN)
+        all_reduce_min(total)
         new = int(total.item())
         if abs(new - self.total_steps) > 0.02 * self.total_steps:
             self.total_steps = max(new, self.step)
