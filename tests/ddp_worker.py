@@ -1,7 +1,7 @@
 """Run by ``torchrun`` in tests/test_distributed.py: train a tiny model with DDP (gloo, CPU), and in
 tests/test_cuda.py with ``DDP_DEVICE=cuda`` (NCCL).
 
-Usage: ``torchrun --nproc-per-node 2 tests/ddp_worker.py OUT_DIR EPOCHS [resume]``; ``FAIL_RANK=R`` makes
+Usage: ``torchrun --nproc-per-node 2 tests/ddp_worker.py OUT_DIR EPOCHS``; ``FAIL_RANK=R`` makes
 rank R raise in its second epoch; ``FAIL_ONCE_RANK=R`` makes rank R die in its second epoch on torchrun's
 first attempt only (for ``--max-restarts``). Each rank saves its parameters (not BatchNorm buffers: DDP
 broadcasts rank 0's at each forward) at the end of training (before the final evaluation reloads best.pt)
@@ -42,10 +42,9 @@ class CapturingTrainer(Trainer):
 
 def main() -> None:
     out, epochs = Path(sys.argv[1]), int(sys.argv[2])
-    resume = out if len(sys.argv) > 3 and sys.argv[3] == "resume" else None
     cfg = TrainConfig.from_dict({**TINY, "out": str(out), "epochs": epochs,
                                  "device": os.environ.get("DDP_DEVICE", "cpu")})
-    CapturingTrainer(cfg, resume=resume, progress=False, log=print).run()
+    CapturingTrainer(cfg, progress=False, log=print).run()
     cleanup_distributed()
 
 
