@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import subprocess
 import sys
 import time
@@ -29,6 +30,11 @@ def torchrun(out: Path, epochs: int, *extra: str, ok: bool = True, **env_extra: 
     return r
 
 
+def rank_params(run: Path, rank: int) -> dict[str, torch.Tensor]:
+    """The parameters rank ``rank`` saved at the end of training (tests/ddp_worker.py)."""
+    return torch.load(run / f"rank{rank}.pt", weights_only=True)
+
+
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("ddp") / "run"
@@ -37,8 +43,7 @@ def ddp_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
 
 def test_parameters_identical_across_ranks(ddp_run):
     out, _ = ddp_run
-    a = torch.load(out / "rank0.pt", weights_only=True)
-    b = torch.load(out / "rank1.pt", weights_only=True)
+    a, b = rank_params(out, 0), rank_params(out, 1)
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
@@ -102,8 +107,7 @@ def test_two_nodes_train_like_one(ddp_run, tmp_path):
         assert p.returncode == 0, err[-3000:]
     one_node, _ = ddp_run
     for rank in (0, 1):
-        a = torch.load(one_node / f"rank{rank}.pt", weights_only=True)
-        b = torch.load(out / f"rank{rank}.pt", weights_only=True)
+        a, b = rank_params(one_node, rank), rank_params(out, rank)
         assert all(torch.equal(a[k], b[k]) for k in a), rank
     def metrics(run: Path) -> list[dict]:
         return [{k: v for k, v in row.items() if k != "seconds"} for row in read_checkpoint(run / "last.pt")["history"]]
@@ -124,8 +128,7 @@ def test_a_killed_worker_is_restarted_and_the_run_resumes(tmp_path):
     ckpt = read_checkpoint(out / "last.pt")
     assert ckpt["epoch"] == 3 and [h["epoch"] for h in ckpt["history"]] == [1, 2, 3]
     assert (out / "report.html").is_file() and (out / "best.pt").is_file()
-    a = torch.load(out / "rank0.pt", weights_only=True)
-    b = torch.load(out / "rank1.pt", weights_only=True)
+    a, b = rank_params(out, 0), rank_params(out, 1)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -149,5 +152,7 @@ def test_sigterm_under_torchrun_stops_every_rank_and_exits_143(tmp_path):
     assert proc.returncode == 143, stderr[-2000:]
     assert stderr.count("unetkit: terminated (SIGTERM)") == 2  # both ranks
     assert f"continue with: unetkit train --resume {out}" in stdout
-    assert stdout.count("2 processes") == 1 and "global batch" in stdout
+    assert stdout.count("2 processes") == 1  # rank 0 alone reports, and the batch spans both processes:
+    total, per_process = map(int, re.search(r"global batch (\d+) \(= (\d+)/process x 2 x 1 ", stdout).groups())
+    assert total == 2 * per_process
     assert read_checkpoint(out / "last.pt")["epoch"] >= 1
