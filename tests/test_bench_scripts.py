@@ -32,3 +32,33 @@ def test_loss_trace_means_windows_of_steps() -> None:
     assert loss_trace(losses, every=2) == [[2, 3.0], [4, 1.0], [5, 0.5]]
     assert loss_trace(losses, every=100) == [[5, 1.7]]
     assert loss_trace([], every=100) == []
+
+
+def test_final_scores_are_the_last_models(tmp_path: Path) -> None:
+    """``final_miou`` is ``last.pt`` scored on the validation pixels ``best.pt`` was: the last epoch's
+    validation in ``metrics.csv`` gives the same number another way."""
+    import csv
+
+    import numpy as np
+    from bench_datasets import final_scores
+    from PIL import Image
+
+    from unetkit.cli.main import main
+
+    rng = np.random.default_rng(0)
+    for sub in ("images", "masks"):
+        (tmp_path / "data" / sub).mkdir(parents=True)
+    for i in range(6):
+        mask = np.zeros((24, 24), np.uint8)
+        mask[4 + i:14 + i, 6:18] = 1
+        image = (rng.integers(0, 60, (24, 24)) + 150 * mask).astype(np.uint8)
+        Image.fromarray(image).save(tmp_path / "data" / "images" / f"c{i}.png")
+        Image.fromarray(mask).save(tmp_path / "data" / "masks" / f"c{i}.png")
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "data"), "--out", str(run), "--epochs", "3", "--base-channels",
+                 "4", "--depth", "2", "--samples", "0", "--no-boundary-f1", "--quiet"]) == 0
+    last = [r for r in csv.DictReader((run / "metrics.csv").open()) if r["val_miou"]][-1]
+    scores = final_scores(run)
+    assert set(scores) == {"final_miou", "final_dice"}
+    assert scores["final_miou"] == pytest.approx(float(last["val_miou"]), abs=1e-6)
+    assert scores["final_dice"] == pytest.approx(float(last["val_dice"]), abs=1e-6)
