@@ -26,8 +26,19 @@ def torchrun(out: Path, epochs: int, *extra: str, ok: bool = True, **env_extra: 
            str(WORKER), str(out), str(epochs), *extra]
     r = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", errors="replace", env=env,
                        timeout=600)
-    assert (r.returncode == 0) == ok, r.stdout[-2000:] + r.stderr[-3000:]
+    assert (r.returncode == 0) == ok, failure_text(r)
     return r
+
+
+#: stderr lines that name why a rank died (C++ aborts, Python errors), wherever they are in a long output.
+CAUSE = re.compile(r"terminate called|what\(\)|Fatal Python|Error|\[rank\d\]:\s+\w+\.\w+")
+
+
+def failure_text(r: subprocess.CompletedProcess) -> str:
+    """A failed torchrun's output tails, preceded by every line that names why a rank died: the first
+    failure is often far above the tail, which shows the other ranks being stopped."""
+    causes = [ln for ln in r.stderr.splitlines() if CAUSE.search(ln)][:40]
+    return "\n".join(["causes:", *causes, "stdout:", r.stdout[-2000:], "stderr:", r.stderr[-3000:]])
 
 
 def rank_params(run: Path, rank: int) -> dict[str, torch.Tensor]:
@@ -123,7 +134,7 @@ def test_a_killed_worker_is_restarted_and_the_run_resumes(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--max-restarts",
            "1", str(WORKER), str(out), "3"]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert r.returncode == 0, failure_text(r)
     assert "restarted by torchrun (restart 1): resuming from" in r.stdout
     ckpt = read_checkpoint(out / "last.pt")
     assert ckpt["epoch"] == 3 and [h["epoch"] for h in ckpt["history"]] == [1, 2, 3]
