@@ -83,14 +83,14 @@ def ours(data: str, budget: float, out: Path, flags: Sequence[str] = ()) -> dict
     if r["rc"] == 0:
         m = json.loads((out / "metrics.json").read_text())
         r.update(miou=m["miou"], dice=m["dice"], pixels=m["pixels"], steps=m["steps"])
-        r.update(final_scores(out))
+        r.update(final_scores(out, m["pixels"]))
         if flags:
             r["flags"] = " ".join(flags)
     return r
 
 
-def final_scores(run: Path) -> dict[str, Any]:
-    """The last model's scores (``last.pt``) beside the best checkpoint's.
+def final_scores(run: Path, pixels: int) -> dict[str, Any]:
+    """The last model's scores (``last.pt``) beside the best checkpoint's, which were scored on ``pixels``.
 
     ``best.pt`` is chosen on the validation split that the table also scores, so its mIoU is the best of
     every validation a run made; a comparator that keeps its final model (nnU-Net) never gets that pick. The
@@ -102,7 +102,7 @@ def final_scores(run: Path) -> dict[str, Any]:
     if r["rc"] != 0:
         return {"final_rc": r["rc"]}
     m = json.loads(js.read_text())
-    if m["pixels"] != json.loads((run / "metrics.json").read_text())["pixels"]:
+    if m["pixels"] != pixels:
         raise AssertionError(f"{run}: last.pt and best.pt were scored on different pixels")
     return {"final_miou": m["miou"], "final_dice": m["dice"]}
 

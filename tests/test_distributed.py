@@ -20,10 +20,12 @@ from unetkit.inference import Predictor
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
-def torchrun(out: Path, epochs: int, *extra: str, ok: bool = True, **env_extra: str) -> subprocess.CompletedProcess:
+def torchrun(out: Path, epochs: int, *extra: str, ok: bool = True, restarts: int = 0,
+             **env_extra: str) -> subprocess.CompletedProcess:
+    """tests/ddp_worker.py in 2 processes under torchrun (``restarts``: its ``--max-restarts``)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", **env_extra}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           str(WORKER), str(out), str(epochs), *extra]
+           "--max-restarts", str(restarts), str(WORKER), str(out), str(epochs), *extra]
     r = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", errors="replace", env=env,
                        timeout=600)
     assert (r.returncode == 0) == ok, failure_text(r)
@@ -130,11 +132,7 @@ def test_a_killed_worker_is_restarted_and_the_run_resumes(tmp_path):
     """torchrun --max-restarts 1: a worker dies in epoch 2, the job restarts, every rank resumes from last.pt
     (DDP resume) and the ranks finish with identical parameters."""
     out = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "FAIL_ONCE_RANK": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--max-restarts",
-           "1", str(WORKER), str(out), "3"]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert r.returncode == 0, failure_text(r)
+    r = torchrun(out, 3, restarts=1, FAIL_ONCE_RANK="1")
     assert "restarted by torchrun (restart 1): resuming from" in r.stdout
     ckpt = read_checkpoint(out / "last.pt")
     assert ckpt["epoch"] == 3 and [h["epoch"] for h in ckpt["history"]] == [1, 2, 3]
@@ -160,8 +158,9 @@ def test_sigterm_under_torchrun_stops_every_rank_and_exits_143(tmp_path):
     assert (out / "last.pt").is_file(), proc.communicate()[1][-2000:]
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 143, stderr[-2000:]
-    assert stderr.count("unetkit: terminated (SIGTERM)") == 2  # both ranks
+    why = failure_text(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr))
+    assert proc.returncode == 143, why
+    assert stderr.count("unetkit: terminated (SIGTERM)") == 2, why  # both ranks
     assert f"continue with: unetkit train --resume {out}" in stdout
     assert stdout.count("2 processes") == 1  # rank 0 alone reports, and the batch spans both processes:
     total, per_process = map(int, re.search(r"global batch (\d+) \(= (\d+)/process x 2 x 1 ", stdout).groups())
