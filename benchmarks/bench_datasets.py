@@ -5,7 +5,8 @@ training process) of
 
 (a) ``unetkit train --data D --time BUDGET``: our defaults (planned patches, foreground sampling, budget),
     scored twice: ``miou`` is ``best.pt``'s (picked on this same validation split), ``final_miou`` the last
-    model's (``last.pt``), the figure to hold against a comparator that keeps its final model;
+    model's (``last.pt``), the figure to hold against a comparator that keeps its final model (a model
+    trained with flips also gets ``final_tta_miou``, scored with flip TTA as nnU-Net scores its own);
 (b) the previous defaults (whole images, 120 fixed epochs), run from an older unetkit source tree given
     with ``--previous-src`` (e.g. ``git worktree add ../prev <commit>``); skipped when not given;
 (c) segmentation_models.pytorch ``Unet("resnet34", encoder_weights=None)`` in a plain loop (AdamW, lr 1e-3,
@@ -56,6 +57,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 DATASETS = ("ct-chest", "ct-coronal", "ct-sagittal", "digits")
 
 
@@ -94,17 +97,23 @@ def final_scores(run: Path, pixels: int) -> dict[str, Any]:
 
     ``best.pt`` is chosen on the validation split that the table also scores, so its mIoU is the best of
     every validation a run made; a comparator that keeps its final model (nnU-Net) never gets that pick. The
-    final model's scores are the like-for-like figure against it.
+    final model's scores are the like-for-like figure against it. A model trained with flips is also scored
+    with flip TTA (``final_tta_miou``), as nnU-Net scores its own mirror-trained model.
     """
-    js = run / "final-metrics.json"
-    r = run_process([sys.executable, "-m", "unetkit", "evaluate", str(run / "last.pt"), "--no-boundary-f1",
-                     "--json", str(js)], log=run / "final-metrics.log")
-    if r["rc"] != 0:
-        return {"final_rc": r["rc"]}
-    m = json.loads(js.read_text())
-    if m["pixels"] != pixels:
-        raise AssertionError(f"{run}: last.pt and best.pt were scored on different pixels")
-    return {"final_miou": m["miou"], "final_dice": m["dice"]}
+    out: dict[str, Any] = {}
+    options = yaml.safe_load((run / "config.yaml").read_text())
+    flipped = bool(options.get("augment", True) and (options.get("hflip") or options.get("vflip")))
+    for key, extra in (("final", []), ("final_tta", ["--tta"]))[:2 if flipped else 1]:
+        js = run / f"{key}-metrics.json"
+        r = run_process([sys.executable, "-m", "unetkit", "evaluate", str(run / "last.pt"), "--no-boundary-f1",
+                         *extra, "--json", str(js)], log=run / f"{key}-metrics.log")
+        if r["rc"] != 0:
+            return {**out, f"{key}_rc": r["rc"]}
+        m = json.loads(js.read_text())
+        if m["pixels"] != pixels:
+            raise AssertionError(f"{run}: last.pt and best.pt were scored on different pixels")
+        out.update({f"{key}_miou": m["miou"], f"{key}_dice": m["dice"]})
+    return out
 
 
 def previous(data: str, src: Path, out: Path) -> dict[str, Any]:
@@ -292,8 +301,8 @@ def main() -> None:
             check_pixels(row)
             row["nnunet"]["pixels_match"] = row["nnunet"].get("pixels") == first.get("pixels")
         results["datasets"][name] = row
-        print(name, json.dumps({k: {kk: v.get(kk) for kk in ("rc", "miou", "final_miou", "dice", "seconds",
-                                                             "peak_mb", "steps", "pixels")}
+        shown = ("rc", "miou", "final_miou", "final_tta_miou", "dice", "seconds", "peak_mb", "steps", "pixels")
+        print(name, json.dumps({k: {kk: v[kk] for kk in shown if kk in v}
                                 for k, v in row.items()}), flush=True)
     if args.big:
         folder = big_folder(work / "big")

@@ -36,14 +36,20 @@ def test_loss_trace_means_windows_of_steps() -> None:
 
 def test_final_scores_are_the_last_models(tmp_path: Path) -> None:
     """``final_miou`` is ``last.pt`` scored on the validation pixels ``best.pt`` was: the last epoch's
-    validation in ``metrics.csv`` gives the same number another way."""
+    validation in ``metrics.csv`` gives the same number another way. A model trained with flips is also
+    scored with flip TTA (``final_tta_*``), which the library's own evaluation gives too."""
     import csv
+    import json
 
     import numpy as np
+    import yaml
     from bench_datasets import final_scores
     from PIL import Image
 
+    from unetkit.checkpoint import checkpoint_datasets, load_model
     from unetkit.cli.main import main
+    from unetkit.evaluate import evaluate
+    from unetkit.inference import Predictor
 
     rng = np.random.default_rng(0)
     for sub in ("images", "masks"):
@@ -56,11 +62,19 @@ def test_final_scores_are_the_last_models(tmp_path: Path) -> None:
         Image.fromarray(mask).save(tmp_path / "data" / "masks" / f"c{i}.png")
     run = tmp_path / "run"
     assert main(["train", "--data", str(tmp_path / "data"), "--out", str(run), "--epochs", "3", "--base-channels",
-                 "4", "--depth", "2", "--samples", "0", "--no-boundary-f1", "--quiet"]) == 0
+                 "4", "--depth", "2", "--samples", "0", "--no-boundary-f1", "--hflip", "0.5", "--vflip", "0.5",
+                 "--quiet"]) == 0
     last = [r for r in csv.DictReader((run / "metrics.csv").open()) if r["val_miou"]][-1]
-    import json
+    pixels = json.loads((run / "metrics.json").read_text())["pixels"]
 
-    scores = final_scores(run, json.loads((run / "metrics.json").read_text())["pixels"])
-    assert set(scores) == {"final_miou", "final_dice"}
+    scores = final_scores(run, pixels)
+    assert set(scores) == {"final_miou", "final_dice", "final_tta_miou", "final_tta_dice"}
     assert scores["final_miou"] == pytest.approx(float(last["val_miou"]), abs=1e-6)
     assert scores["final_dice"] == pytest.approx(float(last["val_dice"]), abs=1e-6)
+    model, info, ckpt = load_model(run / "last.pt", "cpu")
+    tta = evaluate(Predictor(model, info, device="cpu", tta=True), checkpoint_datasets(ckpt, None)[1])
+    assert scores["final_tta_miou"] == pytest.approx(tta.miou, abs=1e-6)
+
+    options = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump({**options, "hflip": 0.0, "vflip": 0.0}))
+    assert set(final_scores(run, pixels)) == {"final_miou", "final_dice"}  # no flips, no TTA score

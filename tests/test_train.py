@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from unetkit.checkpoint import load_model, read_checkpoint
@@ -101,6 +102,20 @@ def test_evaluate_cli_matches_training_validation(trained, tmp_path, capsys):
     assert got["miou"] == pytest.approx(best, abs=1e-5)
     assert set(got) >= {"miou", "dice", "pixel_accuracy", "boundary_f1", "per_class"}
     assert "mean" in capsys.readouterr().out
+
+
+def test_evaluate_cli_tta_scores_the_flip_averaged_model(trained, tmp_path, capsys):
+    from unetkit.checkpoint import checkpoint_datasets
+    from unetkit.evaluate import evaluate
+    from unetkit.inference import Predictor
+
+    out = tmp_path / "tta.json"
+    assert main(["evaluate", str(trained), "--tta", "--no-boundary-f1", "--amp", "off", "--json", str(out)]) == 0
+    assert "flip TTA" in capsys.readouterr().out
+    model, info, ckpt = load_model(trained / "best.pt", "cpu")
+    val = checkpoint_datasets(ckpt, None)[1]
+    expected = evaluate(Predictor(model, info, device="cpu", amp="off", tta=True, batch_size=8), val, boundary=False)
+    assert json.loads(out.read_text())["miou"] == pytest.approx(expected.miou, abs=5e-7)  # JSON keeps 6 decimals
 
 
 def test_resume_continues_exactly(tmp_path, monkeypatch):
@@ -207,6 +222,8 @@ def test_cli_train_with_config_and_flags(tmp_path, capsys):
     saved = ckpt["config"]
     assert saved["epochs"] == 1 and ckpt["model_config"]["base_channels"] == 4  # the flag won over the file
     assert "model" not in saved  # the model's options are stored once, as model_config
+    written = yaml.safe_load((out / "config.yaml").read_text())  # written without sample pictures too
+    assert written["epochs"] == 1 and written["samples"] == 0 and not (out / "samples").exists()
     assert "report: " in capsys.readouterr().out
     model, info, _ = load_model(out)
     assert info.num_classes == 4 and model(torch.zeros(1, 3, 32, 32)).shape == (1, 4, 32, 32)

@@ -30,6 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="autocast of the forward passes (logits and metrics stay fp32): auto (bf16/fp16 on CUDA, "
                         "bf16 on a CPU that runs it natively, else fp32), off (fp32), bf16, "
                         "fp16 (CUDA)")
+    p.add_argument("--tta", action="store_true", help="average the probabilities over flips along every spatial "
+                                                      "axis, as 'unetkit predict --tta' does")
     p.add_argument("--no-boundary-f1", dest="boundary", action="store_false", help="skip Boundary F1")
     add_data_options(p, title="data: the model's own unless given; classes, channels and volume slicing must be "
                               "the model's")
@@ -85,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = data_flags(args)
     data = overrides.pop("source", None)
     model, info, ckpt = load_model(args.checkpoint, device)
-    predictor = Predictor(model, info, device=device, amp=args.amp, batch_size=args.batch_size)
+    predictor = Predictor(model, info, device=device, amp=args.amp, tta=args.tta, batch_size=args.batch_size)
     split = args.split or default_split(ckpt, data)
     ds = dataset_for(ckpt, data, split, **overrides)
     result = evaluate(predictor, ds, boundary=args.boundary)

@@ -89,8 +89,9 @@ class TrainConfig:
                                       "the lr")
     grad_clip: float | None = option(1.0, "clip the gradient norm to this (0 disables)")
     grad_accum: int = option(1, "accumulate gradients over this many batches")
-    amp: str = option("auto", "mixed precision: auto (bf16/fp16 on CUDA; fp32 on a CPU, where bf16 training "
-                              "did not pass the development-suite check), off (fp32), fp16 (CUDA) or bf16",
+    amp: str = option("auto", "mixed precision: auto (bf16 autocast on CUDA GPUs that support it and on CPUs "
+                              "that run bf16 natively, fp16 on older GPUs, else fp32), off (fp32), fp16 (CUDA) "
+                              "or bf16",
                       ("auto", "off", "fp16", "bf16"))
     early_stopping: int | None = option(None, "stop after this many validations without a better val mIoU")
     # reproducibility and hardware

@@ -269,6 +269,7 @@ class Trainer(RunSizing, RunOutputs):
         self.tensorboard = TensorBoardLog(self.run_dir) if self.dist.is_main else None
         if self.dist.is_main and self.sample_idx:
             (self.run_dir / "samples").mkdir(exist_ok=True)
+        if self.dist.is_main:
             atomic_write(self.run_dir / "config.yaml",
                          lambda tmp: tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
             if self.fingerprint is not None:
