@@ -6,7 +6,7 @@ training process) of
 (a) ``unetkit train --data D --time BUDGET``: our defaults (planned patches, foreground sampling, budget),
     scored twice: ``miou`` is ``best.pt``'s (picked on this same validation split), ``final_miou`` the last
     model's (``last.pt``), the figure to hold against a comparator that keeps its final model (a model
-    trained with flips also gets ``final_tta_miou``, scored with flip TTA as nnU-Net scores its own);
+    trained with both flips also gets ``final_tta_miou``, scored with flip TTA as nnU-Net scores its own);
 (b) the previous defaults (whole images, 120 fixed epochs), run from an older unetkit source tree given
     with ``--previous-src`` (e.g. ``git worktree add ../prev <commit>``); skipped when not given;
 (c) segmentation_models.pytorch ``Unet("resnet34", encoder_weights=None)`` in a plain loop (AdamW, lr 1e-3,
@@ -97,12 +97,12 @@ def final_scores(run: Path, pixels: int) -> dict[str, Any]:
 
     ``best.pt`` is chosen on the validation split that the table also scores, so its mIoU is the best of
     every validation a run made; a comparator that keeps its final model (nnU-Net) never gets that pick. The
-    final model's scores are the like-for-like figure against it. A model trained with flips is also scored
-    with flip TTA (``final_tta_miou``), as nnU-Net scores its own mirror-trained model.
+    final model's scores are the like-for-like figure against it. A model trained with both flips is also
+    scored with flip TTA (``final_tta_miou``), as nnU-Net scores its own mirror-trained model.
     """
     out: dict[str, Any] = {}
     options = yaml.safe_load((run / "config.yaml").read_text())
-    flipped = bool(options.get("augment", True) and (options.get("hflip") or options.get("vflip")))
+    flipped = bool(options.get("augment", True) and options.get("hflip") and options.get("vflip"))  # TTA's flips
     for key, extra in (("final", []), ("final_tta", ["--tta"]))[:2 if flipped else 1]:
         js = run / f"{key}-metrics.json"
         r = run_process([sys.executable, "-m", "unetkit", "evaluate", str(run / "last.pt"), "--no-boundary-f1",
