@@ -100,13 +100,16 @@ def final_scores(run: Path, pixels: int) -> dict[str, Any]:
     final model's scores are the like-for-like figure against it. A model trained with both flips is also
     scored with flip TTA (``final_tta_miou``), as nnU-Net scores its own mirror-trained model.
     """
-    out: dict[str, Any] = {}
     options = yaml.safe_load((run / "config.yaml").read_text())
-    flipped = bool(options.get("augment", True) and options.get("hflip") and options.get("vflip"))  # TTA's flips
-    for key, extra in (("final", []), ("final_tta", ["--tta"]))[:2 if flipped else 1]:
+    keys = ["final"]
+    if options.get("augment", True) and options.get("hflip") and options.get("vflip"):  # the flips TTA averages
+        keys.append("final_tta")
+    out: dict[str, Any] = {}
+    for key in keys:
         js = run / f"{key}-metrics.json"
+        tta = ["--tta"] if key == "final_tta" else []
         r = run_process([sys.executable, "-m", "unetkit", "evaluate", str(run / "last.pt"), "--no-boundary-f1",
-                         *extra, "--json", str(js)], log=run / f"{key}-metrics.log")
+                         *tta, "--json", str(js)], log=run / f"{key}-metrics.log")
         if r["rc"] != 0:
             return {**out, f"{key}_rc": r["rc"]}
         m = json.loads(js.read_text())

@@ -305,9 +305,9 @@ def plan_augmentation(cfg: TrainConfig, fp: Fingerprint) -> tuple[str, str]:
     """``(what training's augmentation does, why)``.
 
     The default is brightness/contrast jitter only: on the development suite, rotation and zoom lowered the
-    demo's best mIoU (0.921 -> 0.902, thin ribs most), and flips, which raised the reslices' (ct-coronal, ct-sagittal), lowered the
-    axial demo's and the digit mosaics' (docs/training.md). nnU-Net mirrors, rotates and scales by default;
-    those stay a flag away.
+    demo's best mIoU (0.921 -> 0.902, thin ribs most), and flips, which raised the reslices' (ct-coronal,
+    ct-sagittal), lowered the axial demo's and the digit mosaics' (docs/training.md). nnU-Net mirrors,
+    rotates and scales by default; those stay a flag away.
     """
     if not cfg.augment:
         return "none", "given (--no-augment)"
