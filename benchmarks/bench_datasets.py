@@ -4,9 +4,10 @@ For each data set it reports the validation mIoU, the wall time and the peak mem
 training process) of
 
 (a) ``unetkit train --data D --time BUDGET``: our defaults (planned patches, foreground sampling, budget),
-    scored twice: ``miou`` is ``best.pt``'s (picked on this same validation split), ``final_miou`` the last
-    model's (``last.pt``), the figure to hold against a comparator that keeps its final model (a model
-    trained with both flips also gets ``final_tta_miou``, scored with flip TTA as nnU-Net scores its own);
+    scored twice: ``miou`` is ``best.pt``'s (picked on this same validation split; with flip TTA over the
+    trained flips for a model trained with flips, as the run's report scores it), ``final_miou`` the last
+    model's (``last.pt``, without TTA), the figure to hold against a comparator that keeps its final model (a
+    model trained with flips also gets ``final_tta_miou``, scored with flip TTA as nnU-Net scores its own);
 (b) the previous defaults (whole images, 120 fixed epochs), run from an older unetkit source tree given
     with ``--previous-src`` (e.g. ``git worktree add ../prev <commit>``); skipped when not given;
 (c) segmentation_models.pytorch ``Unet("resnet34", encoder_weights=None)`` in a plain loop (AdamW, lr 1e-3,
@@ -97,19 +98,21 @@ def final_scores(run: Path, pixels: int) -> dict[str, Any]:
 
     ``best.pt`` is chosen on the validation split that the table also scores, so its mIoU is the best of
     every validation a run made; a comparator that keeps its final model (nnU-Net) never gets that pick. The
-    final model's scores are the like-for-like figure against it. A model trained with both flips is also
-    scored with flip TTA (``final_tta_miou``), as nnU-Net scores its own mirror-trained model.
+    final model's scores are the like-for-like figure against it. A model trained with flips is also scored
+    with flip TTA over those flips (``final_tta_miou``, what ``unetkit evaluate`` gives it by default), as
+    nnU-Net scores its own mirror-trained model.
     """
-    options = yaml.safe_load((run / "config.yaml").read_text())
+    from unetkit.checkpoint import trained_flip_axes
+
     keys = ["final"]
-    if options.get("augment", True) and options.get("hflip") and options.get("vflip"):  # the flips TTA averages
+    if trained_flip_axes(yaml.safe_load((run / "config.yaml").read_text())):
         keys.append("final_tta")
     out: dict[str, Any] = {}
     for key in keys:
         js = run / f"{key}-metrics.json"
-        tta = ["--tta"] if key == "final_tta" else []
+        tta = "--tta" if key == "final_tta" else "--no-tta"
         r = run_process([sys.executable, "-m", "unetkit", "evaluate", str(run / "last.pt"), "--no-boundary-f1",
-                         *tta, "--json", str(js)], log=run / f"{key}-metrics.log")
+                         tta, "--json", str(js)], log=run / f"{key}-metrics.log")
         if r["rc"] != 0:
             return {**out, f"{key}_rc": r["rc"]}
         m = json.loads(js.read_text())

@@ -8,6 +8,7 @@ INT8 checks run on a model that predicts anatomy, not on a constant or random ma
 from __future__ import annotations
 
 import copy
+import json
 import subprocess
 import sys
 import warnings
@@ -32,7 +33,9 @@ from unetkit.export import (  # noqa: E402 - after the optional-dependency skips
     OnnxModel,
     compare_onnx,
     export_onnx,
+    onnx_metadata,
     ort_session,
+    parse_metadata,
     quantize_int8,
     quantized_node_counts,
     read_onnx_metadata,
@@ -101,6 +104,19 @@ def test_export_round_trip_two_sizes_and_metadata(trained, exported):
     assert UNet.from_config(cfg).config == model.config
     props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert props["in_channels"] == "1" and props["num_classes"] == "8"
+
+
+def test_metadata_carries_the_trained_flips(trained):
+    """The flips a model was trained with travel in the ``.onnx`` metadata (a predictor's default TTA); a file
+    written before they were recorded reads as not recorded."""
+    from dataclasses import replace
+
+    info = replace(trained[1], flip_axes=(-1, -2))
+    props = onnx_metadata(info, None)
+    assert json.loads(props["flip_axes"]) == [-1, -2]
+    assert parse_metadata(props)[0] == info
+    del props["flip_axes"]
+    assert parse_metadata(props)[0].flip_axes is None
 
 
 def test_export_refuses_a_file_that_does_not_match(trained, tmp_path):

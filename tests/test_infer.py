@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,10 +15,13 @@ from unetkit.checkpoint import DataInfo, save_checkpoint
 from unetkit.cli.main import main
 from unetkit.data.preprocess import prepare_image
 from unetkit.inference import (
+    TTA_FLIPS,
+    Predictor,
     gaussian_weight,
     model_stride,
     predict,
     tile_starts,
+    tta_flips,
 )
 from unetkit.viz import overlay, palette
 
@@ -194,6 +198,44 @@ def test_tta_averages_the_four_flips():
         ref = sum(model(x[None].flip(d) if d else x[None]).softmax(1).flip(d) if d else model(x[None]).softmax(1)
                   for d in [(), (-1,), (-2,), (-2, -1)]) / 4
     assert torch.allclose(predict(model, x, tta=True, output="probs"), ref[0], atol=1e-6)
+
+
+def test_tta_over_chosen_axes_averages_only_those_flips():
+    """``tta=[-1]`` (a model trained with horizontal flips only) averages the image and its horizontal flip, and
+    is equivariant to that flip; a 3D model's ``[-1, -2]`` is the 4 in-plane flips, not the 8 with depth."""
+    assert tta_flips(2) == list(TTA_FLIPS)
+    assert tta_flips(2, [-1]) == [(), (-1,)]
+    assert tta_flips(3, [-2, -1]) == [(), (-1,), (-2,), (-2, -1)]
+    assert len(tta_flips(3)) == 8
+    with pytest.raises(ValueError, match="width, height, depth"):
+        tta_flips(2, [-3])
+    model = tiny()
+    x = torch.randn(1, 32, 32)
+    with torch.no_grad():
+        ref = (model(x[None]).softmax(1) + model(x[None].flip(-1)).softmax(1).flip(-1)) / 2
+    got = predict(model, x, tta=[-1], output="probs")
+    assert torch.allclose(got, ref[0], atol=1e-6)
+    assert torch.allclose(predict(model, x.flip(-1), tta=[-1], output="probs"), got.flip(-1), atol=1e-5)
+    assert not torch.allclose(got, predict(model, x, tta=True, output="probs"), atol=1e-4)
+
+
+def test_predictor_applies_the_flips_the_model_was_trained_with():
+    """By default a predictor averages over the model's trained flips (``DataInfo.flip_axes``), none for a model
+    trained without or one that does not record them; ``tta=True`` on a model trained without flips: every axis."""
+    model = tiny()
+    plain = info_for(model)
+    hflip = replace(plain, flip_axes=(-1,))
+    assert Predictor(model, hflip, device="cpu").tta == (-1,)
+    assert Predictor(model, hflip, device="cpu", tta=True).tta == (-1,)
+    assert Predictor(model, hflip, device="cpu", tta=False).tta is False
+    assert Predictor(model, plain, device="cpu").tta is False  # not recorded
+    assert Predictor(model, replace(plain, flip_axes=()), device="cpu").tta is False
+    assert Predictor(model, replace(plain, flip_axes=()), device="cpu", tta=True).tta is True
+    assert Predictor(model, hflip, device="cpu", tile=16).tiling() == "16x16 windows, 50 % overlap, flip TTA (W)"
+    assert Predictor(model, plain, device="cpu", tta=True).tiling() == "whole images, flip TTA (every axis)"
+    x = torch.randn(1, 32, 32)
+    assert torch.allclose(Predictor(model, hflip, device="cpu", amp="off").predict_tensor(x, "probs"),
+                          predict(model, x, tta=[-1], output="probs"), atol=1e-6)
 
 
 def test_predict_restores_training_mode_and_checks_arguments():

@@ -111,11 +111,36 @@ def test_evaluate_cli_tta_scores_the_flip_averaged_model(trained, tmp_path, caps
 
     out = tmp_path / "tta.json"
     assert main(["evaluate", str(trained), "--tta", "--no-boundary-f1", "--amp", "off", "--json", str(out)]) == 0
-    assert "flip TTA" in capsys.readouterr().out
+    assert "flip TTA (every axis)" in capsys.readouterr().out  # trained without flips: --tta flips every axis
     model, info, ckpt = load_model(trained / "best.pt", "cpu")
     val = checkpoint_datasets(ckpt, None)[1]
     expected = evaluate(Predictor(model, info, device="cpu", amp="off", tta=True, batch_size=8), val, boundary=False)
     assert json.loads(out.read_text())["miou"] == pytest.approx(expected.miou, abs=5e-7)  # JSON keeps 6 decimals
+
+
+def test_a_flip_trained_model_is_scored_and_applied_with_its_flips(tmp_path, capsys):
+    """Trained with ``--hflip`` only: the checkpoint records the flip, the report scores ``best.pt`` with TTA over
+    it, and ``unetkit evaluate`` does so by default (``--no-tta``: the plain model, the validation's score)."""
+    from unetkit.checkpoint import DataInfo, checkpoint_datasets
+    from unetkit.evaluate import evaluate
+    from unetkit.inference import Predictor
+
+    run = tmp_path / "run"
+    fit(tiny_cfg(run, hflip=0.5, amp="off", samples=0, boundary_f1=False), progress=False, log=lambda s: None)
+    ckpt = read_checkpoint(run / "best.pt")
+    assert DataInfo.from_checkpoint(ckpt).flip_axes == (-1,)
+    model, info, ckpt = load_model(run / "best.pt", "cpu")
+    val = checkpoint_datasets(ckpt, None)[1]
+    flipped = evaluate(Predictor(model, info, device="cpu", amp="off", tta=[-1], batch_size=4), val,
+                       boundary=False)
+    assert json.loads((run / "metrics.json").read_text())["miou"] == pytest.approx(flipped.miou, abs=1e-6)
+    assert "flip TTA (W)" in (run / "report.html").read_text()
+    out = tmp_path / "e.json"
+    assert main(["evaluate", str(run), "--no-boundary-f1", "--amp", "off", "--json", str(out)]) == 0
+    assert "flip TTA (W)" in capsys.readouterr().out
+    assert json.loads(out.read_text())["miou"] == pytest.approx(flipped.miou, abs=1e-6)
+    assert main(["evaluate", str(run), "--no-tta", "--no-boundary-f1", "--amp", "off", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["miou"] == pytest.approx(ckpt["best_miou"], abs=1e-6)
 
 
 def test_resume_continues_exactly(tmp_path, monkeypatch):

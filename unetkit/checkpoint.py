@@ -92,6 +92,7 @@ class DataInfo:
     clip: tuple[tuple[float, float], ...] | None = None
     patch_size: tuple[int, ...] | None = None  # (H, W), or (D, H, W) for a 3D network
     volume: VolumeSettings | None = None  # models trained on volumes: how scans become slices
+    flip_axes: tuple[int, ...] | None = None  # axes training flipped (-1 W, -2 H); None: not recorded
 
     @classmethod
     def from_dataset(cls, ds: Any, patch_size: tuple[int, int] | None = None) -> DataInfo:
@@ -114,7 +115,8 @@ class DataInfo:
         return cls(int(mc["num_classes"]), int(mc["in_channels"]), list(classes["names"]),
                    [tuple(int(v) for v in c) for c in classes["colors"]], norm.mean, norm.std,
                    data.ignore_index, norm.clip, tuple(int(v) for v in plan["patch_size"]),
-                   None if volume is None else VolumeSettings.from_dict(volume))
+                   None if volume is None else VolumeSettings.from_dict(volume),
+                   trained_flip_axes(ckpt.get("config") or {}))
 
     @property
     def normalization(self) -> Normalization:
@@ -127,18 +129,31 @@ class DataInfo:
                 "mean": list(self.mean), "std": list(self.std), "ignore_index": self.ignore_index,
                 "clip": None if self.clip is None else [list(c) for c in self.clip],
                 "patch_size": None if self.patch_size is None else list(self.patch_size),
-                "volume": None if self.volume is None else self.volume.to_dict()}
+                "volume": None if self.volume is None else self.volume.to_dict(),
+                "flip_axes": None if self.flip_axes is None else list(self.flip_axes)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DataInfo:
-        clip, patch, volume = d.get("clip"), d.get("patch_size"), d.get("volume")
+        clip, patch, volume, flips = d.get("clip"), d.get("patch_size"), d.get("volume"), d.get("flip_axes")
         return cls(int(d["num_classes"]), int(d["in_channels"]), list(d["class_names"]),
                    [tuple(int(v) for v in c) for c in d["class_colors"]],
                    tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"]),
                    int(d.get("ignore_index", 255)),
                    None if clip is None else tuple((float(lo), float(hi)) for lo, hi in clip),
                    None if patch is None else tuple(int(v) for v in patch),
-                   None if volume is None else VolumeSettings.from_dict(volume))
+                   None if volume is None else VolumeSettings.from_dict(volume),
+                   None if flips is None else tuple(int(v) for v in flips))
+
+
+def trained_flip_axes(options: dict[str, Any]) -> tuple[int, ...] | None:
+    """The spatial axes training flipped its patches along (``-1`` width for ``hflip``, ``-2`` height for
+    ``vflip``; 2D and 3D training alike), from the training options as stored; ``None`` when they do not
+    say (checkpoints of earlier versions). Test-time augmentation averages over these flips."""
+    if "hflip" not in options:
+        return None
+    if not options.get("augment", True):
+        return ()
+    return tuple(axis for axis, key in ((-1, "hflip"), (-2, "vflip")) if float(options.get(key) or 0) > 0)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[UNet, DataInfo, dict[str, Any]]:

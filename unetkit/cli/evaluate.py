@@ -9,7 +9,7 @@ from typing import Any
 
 from ..device import DEVICE_HELP
 from .main import CLIError
-from .options import add_data_options, data_flags
+from .options import add_data_options, add_tta_option, data_flags
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,8 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="autocast of the forward passes (logits and metrics stay fp32): auto (bf16/fp16 on CUDA, "
                         "bf16 on a CPU that runs it natively, else fp32), off (fp32), bf16, "
                         "fp16 (CUDA)")
-    p.add_argument("--tta", action="store_true", help="average the probabilities over flips along every spatial "
-                                                      "axis, as 'unetkit predict --tta' does")
+    add_tta_option(p)
     p.add_argument("--no-boundary-f1", dest="boundary", action="store_false", help="skip Boundary F1")
     add_data_options(p, title="data: the model's own unless given; classes, channels and volume slicing must be "
                               "the model's")

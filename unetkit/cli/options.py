@@ -133,3 +133,11 @@ def data_flags(args: argparse.Namespace) -> dict[str, Any]:
 
     flags = {FLAG_NAMES.get(n, n): n for n in field_names() if n != "options"}
     return {name: vars(args)[flag] for flag, name in flags.items() if flag in vars(args)}
+
+
+def add_tta_option(p: argparse.ArgumentParser) -> None:
+    """``--tta/--no-tta``: flip averaging, by default over the flips the model was trained with."""
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average the probabilities over flips (default: on, over the flips the model was trained "
+                        "with, for a model trained with --hflip/--vflip; off otherwise). --tta on a model trained "
+                        "without flips averages flips along every axis")

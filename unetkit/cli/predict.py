@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..device import DEVICE_HELP
 from .main import CLIError
+from .options import add_tta_option
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="sliding-window tile size: one number, or H W (a 3D model: D H W) (default: the training "
                         "patch size stored in the model, else the whole image at once)")
     p.add_argument("--overlap", type=float, default=0.5, help="tile overlap fraction in [0, 1) (default 0.5)")
-    p.add_argument("--tta", action="store_true", help="average predictions over horizontal/vertical flips")
+    add_tta_option(p)
     p.add_argument("--probs", action="store_true", help="also write class probabilities as <stem>_probs.npy")
     p.add_argument("--batch-size", type=int, default=16, help="tiles (or volume slices) per forward pass (default 16)")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the class colours (default 0.5)")

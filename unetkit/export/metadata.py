@@ -15,7 +15,8 @@ from ..checkpoint import CheckpointError, DataInfo
 
 #: ``metadata_props`` keys written by :func:`~unetkit.export.export_onnx` (values are JSON strings).
 METADATA_KEYS: tuple[str, ...] = ("unetkit_version", "num_classes", "in_channels", "class_names", "class_colors",
-                                  "mean", "std", "clip", "patch_size", "ignore_index", "volume", "model_config")
+                                  "mean", "std", "clip", "patch_size", "ignore_index", "volume", "flip_axes",
+                                  "model_config")
 
 
 def onnx_metadata(data_info: DataInfo, model_config: dict[str, Any] | None) -> dict[str, str]:
@@ -27,7 +28,7 @@ def onnx_metadata(data_info: DataInfo, model_config: dict[str, Any] | None) -> d
         "unetkit_version": __version__, "num_classes": d["num_classes"], "in_channels": d["in_channels"],
         "class_names": d["class_names"], "class_colors": d["class_colors"], "mean": d["mean"], "std": d["std"],
         "clip": d["clip"], "patch_size": d["patch_size"], "ignore_index": d["ignore_index"],
-        "volume": d["volume"], "model_config": model_config,
+        "volume": d["volume"], "flip_axes": d["flip_axes"], "model_config": model_config,
     }
     return {k: json.dumps(v) for k, v in values.items()}
 
@@ -59,6 +60,7 @@ def parse_metadata(props: dict[str, str], source: str = "model") -> tuple[DataIn
             "class_colors": v.get("class_colors") or default_colors(n),
             "mean": v["mean"], "std": v["std"], "ignore_index": v.get("ignore_index", 255),
             "clip": v.get("clip"), "patch_size": v.get("patch_size"), "volume": v.get("volume"),
+            "flip_axes": v.get("flip_axes"),
         })
     except (ValueError, TypeError, KeyError) as e:
         raise CheckpointError(f"{source}: unreadable unetkit metadata ({e}); re-export the model") from e

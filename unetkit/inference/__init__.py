@@ -9,7 +9,16 @@ from ..export.runtime import OnnxModel
 from .folder import FolderResult
 from .policy import compile_for_inference, preferred_channels_last, prepare_inference
 from .predictor import Predictor
-from .sliding import MIN_WEIGHT, TTA_FLIPS, Model, gaussian_weight, model_stride, predict, tile_starts
+from .sliding import (
+    MIN_WEIGHT,
+    TTA_FLIPS,
+    Model,
+    gaussian_weight,
+    model_stride,
+    predict,
+    tile_starts,
+    tta_flips,
+)
 from .volume import check_volume_model, predict_volume
 
 __all__ = [
@@ -28,4 +37,5 @@ __all__ = [
     "preferred_channels_last",
     "prepare_inference",
     "tile_starts",
+    "tta_flips",
 ]

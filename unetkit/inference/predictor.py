@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +29,7 @@ from ..checkpoint import DataInfo, load_model
 from ..data.preprocess import prepare_image
 from ..device import amp_name, describe_amp, resolve_amp, resolve_device
 from ..models.outputs import probs_to_labels
-from .sliding import Model, model_spatial_dims, predict
+from .sliding import TTA, Model, model_spatial_dims, predict
 from .volume import predict_volume
 
 if TYPE_CHECKING:
@@ -47,6 +47,26 @@ BAND_PIXELS = 1024 * 1024
 MAX_WINDOW_VOXELS = 2 * 96**3
 
 
+def resolve_tta(tta: bool | Sequence[int] | None, flip_axes: tuple[int, ...] | None) -> TTA:
+    """The flips a predictor averages (``tta`` of :func:`~unetkit.inference.predict`). ``None`` (the default):
+    the flips the model was trained with (:attr:`DataInfo.flip_axes`; a flip it never saw only adds noise), none
+    if it was trained without or they are not recorded. ``True``: the trained flips too, or every axis for a
+    model trained without. ``False``: none. A list of axes (``-1`` width, ``-2`` height, ``-3`` depth): those."""
+    if tta is None or tta is True:
+        return tuple(flip_axes) if flip_axes else bool(tta)
+    return tta if tta is False else tuple(int(a) for a in tta)
+
+
+def describe_tta(tta: TTA) -> str:
+    """``flip TTA (W, H)``, ``flip TTA (every axis)``, or ``""`` for none."""
+    if not tta:
+        return ""
+    if tta is True:
+        return "flip TTA (every axis)"
+    names = {-1: "W", -2: "H", -3: "D"}
+    return f"flip TTA ({', '.join(names.get(a, str(a)) for a in sorted(tta, reverse=True))})"
+
+
 def _write_npy(path: Path, arr: np.ndarray) -> None:
     with open(path, "wb") as fh:  # a file object, so numpy does not append .npy to the temporary name
         np.save(fh, arr)
@@ -60,9 +80,10 @@ class Predictor:
     * ``device``: where a PyTorch model runs (``"auto"``: CUDA when available); ``amp``: ``"auto"`` (bf16/fp16
       on CUDA, bf16 on a CPU that runs it natively, else fp32), ``"off"``, ``"bf16"``, ``"fp16"`` or a
       ``torch.dtype``/``None`` as :func:`unetkit.device.resolve_amp` returns. An ONNX model runs as exported.
-    * ``tile``: the sliding-window size (default: the training patch size, else whole images); ``overlap``,
-      ``tta`` (flip averaging) and ``batch_size`` (windows or slices per forward pass) as in
-      :func:`unetkit.inference.predict`.
+    * ``tile``: the sliding-window size (default: the training patch size, else whole images); ``overlap``
+      and ``batch_size`` (windows or slices per forward pass) as in :func:`unetkit.inference.predict`.
+    * ``tta``: flip averaging (:func:`resolve_tta`). By default a model trained with flips is applied averaged
+      over those flips, as nnU-Net applies a mirror-trained model; one trained without, as it is.
     * ``fast``: fold conv+BN and use the measured memory layout first (:func:`prepare_inference`; the model is
       changed in place, so pass a copy of one that still trains). Masks agree with the unfolded model on all
       but a handful of pixels.
@@ -70,7 +91,8 @@ class Predictor:
 
     def __init__(self, model: Model, info: DataInfo, *, device: str | torch.device = "auto",
                  amp: str | torch.dtype | None = "auto", tile: int | tuple[int, ...] | None = None,
-                 overlap: float = 0.5, tta: bool = False, batch_size: int = 16, fast: bool = False) -> None:
+                 overlap: float = 0.5, tta: bool | Sequence[int] | None = None, batch_size: int = 16,
+                 fast: bool = False) -> None:
         if not 0 <= overlap < 1:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
         if batch_size < 1:
@@ -84,7 +106,8 @@ class Predictor:
         if isinstance(tile, int):
             tile = (tile,) * model_spatial_dims(model)
         self.tile: tuple[int, ...] | None = tuple(tile) if tile is not None else info.patch_size
-        self.overlap, self.tta, self.batch_size = overlap, tta, batch_size
+        self.overlap, self.batch_size = overlap, batch_size
+        self.tta = resolve_tta(tta, info.flip_axes)
         if self.tile is not None and len(self.tile) == 3:  # 3D windows: a batch's activations, not its count, bound it
             self.batch_size = max(1, min(batch_size, MAX_WINDOW_VOXELS // math.prod(self.tile)))
         self.pad_value = info.normalization.pad_value() if self.tile is not None else None
@@ -133,11 +156,11 @@ class Predictor:
         return "fp32" if self.amp is None else f"{amp_name(self.amp)} autocast"
 
     def tiling(self) -> str:
-        """How images are covered, e.g. ``64x64 windows, 50 % overlap`` or ``whole images``."""
+        """How images are covered, e.g. ``64x64 windows, 50 % overlap, flip TTA (W, H)`` or ``whole images``."""
+        tta = describe_tta(self.tta)
         if self.tile is None:
-            return "whole images"
-        return (f"{'x'.join(map(str, self.tile))} windows, {100 * self.overlap:.0f} % overlap"
-                + (", flip TTA" if self.tta else ""))
+            return "whole images" + (f", {tta}" if tta else "")
+        return f"{'x'.join(map(str, self.tile))} windows, {100 * self.overlap:.0f} % overlap" + (f", {tta}" if tta else "")
 
     # ----------------------------------------------------------------- applying it
     def preprocess(self, image: np.ndarray, where: str = "image") -> tuple[torch.Tensor, torch.Tensor]:

@@ -96,13 +96,27 @@ def model_spatial_dims(model: Any) -> int:
     return int(dims or 2)
 
 
-def tta_flips(spatial_dims: int) -> list[tuple[int, ...]]:
-    """The flips ``tta=True`` averages: every combination of the spatial axes (a group, so TTA is
-    flip-equivariant); for 2D :data:`TTA_FLIPS`."""
-    if spatial_dims == 2:
-        return list(TTA_FLIPS)
-    axes = [-(k + 1) for k in range(spatial_dims)]
-    return [tuple(sorted((a for i, a in enumerate(axes) if m >> i & 1))) for m in range(2 ** spatial_dims)]
+#: What ``tta`` may be: off (``False``), every spatial axis (``True``), or the axes to flip (``-1`` width,
+#: ``-2`` height, ``-3`` depth), e.g. the ones the model was trained flipped along (``DataInfo.flip_axes``).
+TTA = bool | Sequence[int]
+
+
+def tta_flips(spatial_dims: int, axes: Sequence[int] | None = None) -> list[tuple[int, ...]]:
+    """The flips TTA averages: every combination of ``axes`` (default: every spatial axis), the identity
+    first. A group, so TTA is equivariant to each of these flips; for 2D and every axis :data:`TTA_FLIPS`."""
+    if axes is None:
+        axes = [-(k + 1) for k in range(spatial_dims)]
+    axes = sorted({int(a) for a in axes}, reverse=True)
+    if any(not -spatial_dims <= a <= -1 for a in axes):
+        raise ValueError(f"TTA flip axes must be in -1..-{spatial_dims} (width, height, depth), got {list(axes)}")
+    return [tuple(sorted(a for i, a in enumerate(axes) if m >> i & 1)) for m in range(2 ** len(axes))]
+
+
+def _flip_set(tta: TTA, spatial_dims: int) -> list[tuple[int, ...]]:
+    """``tta`` as the list of flips to average (``[()]``: none)."""
+    if isinstance(tta, bool) or tta is None:
+        return tta_flips(spatial_dims) if tta else [()]
+    return tta_flips(spatial_dims, tta)
 
 
 def _device_of(model: Any) -> torch.device:
@@ -115,22 +129,17 @@ def _device_of(model: Any) -> torch.device:
         return torch.device("cpu")
 
 
-def _forward_scores(model: Model, x: torch.Tensor, tta: bool, probs: bool) -> torch.Tensor:
-    """Probabilities (``probs``) or float logits for a batch, averaged over :data:`TTA_FLIPS` when ``tta``."""
-    def score(t: torch.Tensor) -> torch.Tensor:
-        return logits_to_probs(t) if probs else t.float()
-
-    if not tta:
-        return score(_run(model, x))
+def _forward_scores(model: Model, x: torch.Tensor, flips: list[tuple[int, ...]], probs: bool) -> torch.Tensor:
+    """Probabilities (``probs``) or float logits for a batch, averaged over ``flips`` (:func:`tta_flips`)."""
     acc = None
-    flips = tta_flips(x.ndim - 2)
     for dims in flips:
         xi = x.flip(dims) if dims else x
-        p = score(_run(model, xi))
+        out = _run(model, xi)
+        p = logits_to_probs(out) if probs else out.float()
         p = p.flip(dims) if dims else p
         acc = p if acc is None else acc + p
     assert acc is not None
-    return acc / len(flips)
+    return acc / len(flips) if len(flips) > 1 else acc
 
 
 def _run(model: Model, x: torch.Tensor) -> torch.Tensor:
@@ -144,7 +153,7 @@ def _run(model: Model, x: torch.Tensor) -> torch.Tensor:
 
 
 def predict(model: Model, image: torch.Tensor, tile_size: int | tuple[int, ...] | None = None,
-            overlap: float = 0.5, tta: bool = False, output: str = "labels", batch_size: int = 4,
+            overlap: float = 0.5, tta: TTA = False, output: str = "labels", batch_size: int = 4,
             align: int | tuple[int, ...] | None = None, pad_value: float | torch.Tensor | None = None,
             autocast_dtype: torch.dtype | None = None, spatial_dims: int | None = None,
             starts: Sequence[Sequence[int]] | None = None) -> torch.Tensor:
@@ -160,8 +169,10 @@ def predict(model: Model, image: torch.Tensor, tile_size: int | tuple[int, ...] 
       shorter than the tile is padded to the tile with it, as training pads its patches, and the result
       cropped back. Without it such an axis uses its own length, padded (with 0) only up to the model's
       stride, so even a 1x1 image goes through.
-    * ``tta``: average the probabilities of the image and its flips along every spatial axis (2D: horizontal,
-      vertical and both; 3D: the 8 combinations, as nnU-Net's mirroring).
+    * ``tta``: average the probabilities of the image and its flips: ``True`` along every spatial axis (2D:
+      horizontal, vertical and both; 3D: the 8 combinations, as nnU-Net's mirroring), or a list of axes
+      (``-1`` width, ``-2`` height, ``-3`` depth: every combination of those, e.g. ``[-1]`` for a model
+      trained with horizontal flips only).
     * ``output``: ``"labels"`` (int64 ``(H, W)`` / ``(N, H, W)``: argmax, or ``p > 0.5`` for a one-channel
       model), ``"probs"`` (float32 ``(C, H, W)`` / ``(N, C, H, W)``: softmax, or sigmoid for one channel) or
       ``"logits"`` (float32, blended logits; what the evaluation's loss needs).
@@ -198,6 +209,7 @@ def predict(model: Model, image: torch.Tensor, tile_size: int | tuple[int, ...] 
         want = tuple(max(n, s) for n, s in zip(size, stride))
     if want != size:
         batch = _pad_to(batch, want, 0.0 if pad_value is None else pad_value)
+    flips = _flip_set(tta, sd)
     was_training = bool(getattr(model, "training", False))
     model.eval()
     net: Any = model
@@ -205,7 +217,7 @@ def predict(model: Model, image: torch.Tensor, tile_size: int | tuple[int, ...] 
         net = _Autocast(model, device.type, autocast_dtype)
     try:
         with torch.inference_mode():
-            scores = _predict_scores(net, batch.float(), tile, overlap, tta, batch_size, device, stride,
+            scores = _predict_scores(net, batch.float(), tile, overlap, flips, batch_size, device, stride,
                                      output != "logits", starts)
     finally:
         if was_training and hasattr(model, "train"):
@@ -254,7 +266,7 @@ def _pad_to(batch: torch.Tensor, size: tuple[int, ...], value: float | torch.Ten
 
 
 def _predict_scores(model: Model, batch: torch.Tensor, tile_size: tuple[int, ...] | None, overlap: float,
-                    tta: bool, batch_size: int, device: torch.device, align: tuple[int, ...], probs: bool,
+                    flips: list[tuple[int, ...]], batch_size: int, device: torch.device, align: tuple[int, ...], probs: bool,
                     given_starts: Sequence[Sequence[int]] | None = None) -> torch.Tensor:
     n = batch.shape[0]
     size = tuple(batch.shape[2:])
@@ -266,7 +278,7 @@ def _predict_scores(model: Model, batch: torch.Tensor, tile_size: tuple[int, ...
             raise ValueError(f"tile_size must be positive, got {tile_size}")
         tile = tuple(min(t, s) for t, s in zip(tile_size, size))
     if tile == size and given_starts is None:  # whole image: chunk the batch only
-        parts = [_forward_scores(model, batch[i:i + batch_size].to(device), tta, probs).to(out_device)
+        parts = [_forward_scores(model, batch[i:i + batch_size].to(device), flips, probs).to(out_device)
                  for i in range(0, n, batch_size)]
         return torch.cat(parts)
 
@@ -287,7 +299,7 @@ def _predict_scores(model: Model, batch: torch.Tensor, tile_size: tuple[int, ...
     for k in range(0, len(windows), batch_size):
         chunk = windows[k:k + batch_size]
         tiles = torch.stack([batch[(i, slice(None), *region(start))] for i, start in chunk]).to(device)
-        p = (_forward_scores(model, tiles, tta, probs) * weight).to(out_device)
+        p = (_forward_scores(model, tiles, flips, probs) * weight).to(out_device)
         if acc is None:
             acc = torch.zeros(n, p.shape[1], *size, device=out_device)
         for j, (i, start) in enumerate(chunk):

@@ -6,7 +6,7 @@ as in training. Slices are predicted in batches (with the model's sliding window
 than the training patch); class probabilities are resized back to the scan's own in-plane grid before the
 argmax, and the labels are reassembled on the scan's voxel grid, so the written label volume has the scan's
 geometry exactly (:func:`unetkit.data.volume_io.write_label_volume`). A 3D model sees the slice stack as one
-volume through 3D sliding windows (Gaussian-blended, flips along every axis with ``tta``); its probabilities
+volume through 3D sliding windows (Gaussian-blended, with the flips ``tta`` names); its probabilities
 go back to the scan's grid a few slices at a time, so memory is the probabilities of the scan plus a chunk.
 """
 
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ..checkpoint import DataInfo
 from ..data.volumes import VolumeSettings, stack_context, volume_slices
 from ..models.outputs import probs_to_labels
-from .sliding import Model, model_spatial_dims, predict
+from .sliding import TTA, Model, model_spatial_dims, predict
 
 if TYPE_CHECKING:
     from ..data.volume_io import Volume
@@ -38,7 +38,7 @@ def check_volume_model(info: DataInfo, where: str = "model") -> VolumeSettings:
 
 @torch.inference_mode()
 def predict_volume(model: Model, volume: Volume, info: DataInfo, *, tile_size: tuple[int, int] | None = None,
-                   overlap: float = 0.5, tta: bool = False, batch_size: int = 8,
+                   overlap: float = 0.5, tta: TTA = False, batch_size: int = 8,
                    autocast_dtype: torch.dtype | None = None,
                    progress: Callable[[int], None] | None = None) -> np.ndarray:
     """Labels ``(I, J, K)`` for ``volume`` (same shape as ``volume.array``), uint8 (uint16 past 255 classes).

@@ -149,7 +149,8 @@ class RunOutputs:
         self._curves_cost = self._curves_written - t0
 
     def finish(self) -> EvalResult | None:
-        """Evaluate the best checkpoint (with Boundary F1) and write ``report.html`` and ``metrics.json``."""
+        """Evaluate the best checkpoint (with Boundary F1, and flip TTA over the flips it was trained with, as
+        ``unetkit evaluate`` scores it) and write ``report.html`` and ``metrics.json``."""
         t0 = self.clock()
         best = self.run_dir / "best.pt"
         if self.dist.is_main and self.history:
@@ -161,12 +162,12 @@ class RunOutputs:
         if not best.is_file():
             return None
         last_epoch, last = getattr(self, "_last_validation", (None, None))
-        if last is not None and last_epoch == self.best_epoch and (last.boundary_f1 is not None or
-                                                                   not self.cfg.boundary_f1):
+        if last is not None and last_epoch == self.best_epoch and not self.info.flip_axes and (
+                last.boundary_f1 is not None or not self.cfg.boundary_f1):
             result = last  # the model in memory is best.pt: its last validation is the report's
-        else:
+        else:  # scored as 'unetkit evaluate' scores it: with the trained flips' TTA
             unwrap(self.model).load_state_dict(read_checkpoint(best)["model"])
-            result = self.validate(boundary=self.cfg.boundary_f1)
+            result = self.validate(boundary=self.cfg.boundary_f1, tta=None)
         self.budget.final += self.clock() - t0
         if self.dist.is_main:
             panel = self.sample_png(result.kept, f"best checkpoint (epoch {self.best_epoch})")
@@ -174,7 +175,7 @@ class RunOutputs:
             facts = {"data": self.cfg.data.source, "best epoch": f"{self.best_epoch} of {len(self.history)}",
                      "training": self.budget.describe(self.step, sum("val_miou" in r for r in self.history)),
                      "model": self.describe().splitlines()[1].removeprefix("model "),
-                     "plan": self.plan.table()}
+                     "plan": self.plan.table(), "scored with": self.predictor(tta=None).tiling()}
             write_report(self.run_dir / "report.html", title=f"unetkit run {self.run_dir.name}", result=result,
                          history=self.history, samples_png=samples, config=self.cfg.to_dict(), facts=facts,
                          colors=self.train_ds.class_colors, best_epoch=self.best_epoch)

@@ -12,7 +12,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_write, claim_run_folder
-from ..checkpoint import DataInfo
+from ..checkpoint import DataInfo, trained_flip_axes
 from ..evaluate import EvalResult, evaluate
 from ..inference import Predictor
 from ..losses import DeepSupervisionLoss, build_loss
@@ -90,7 +90,8 @@ class Trainer(RunSizing, RunOutputs):
         self.channels_last = channels_last(cfg, plan)
         model, self.model = build_model(cfg, plan, ds, ckpt, self.dist)
         self.classes = {"names": list(ds.class_names), "colors": [list(c) for c in ds.class_colors]}
-        self.info = DataInfo.from_dataset(ds, plan.patch_size)  # what inference needs (Predictor)
+        # what inference needs (Predictor), as a checkpoint of this run will give it
+        self.info = replace(DataInfo.from_dataset(ds, plan.patch_size), flip_axes=trained_flip_axes(cfg.to_dict()))
 
         self.eval_loss = build_loss(plan.loss, ds.num_classes, cfg.data.ignore_index, plan.class_weights)
         self.loss = DeepSupervisionLoss(self.eval_loss) if model.config.deep_supervision else self.eval_loss
@@ -234,20 +235,23 @@ class Trainer(RunSizing, RunOutputs):
             self.scheduler.step()
         self.step += 1
 
-    def predictor(self) -> Predictor:
+    def predictor(self, tta: bool | None = False) -> Predictor:
         """The model in training applied as ``unetkit predict`` applies a checkpoint: windows of the patch size,
-        padded with the normalised black, in the training precision."""
+        padded with the normalised black, in the training precision; ``tta=None``: with the trained flips, as
+        ``unetkit predict`` and ``evaluate`` apply a checkpoint by default (the validations that pick the best
+        checkpoint run without, at a quarter of the cost)."""
         return Predictor(unwrap(self.model), self.info, device=self.dist.device, amp=self.amp_dtype,
-                         tile=self.plan.patch_size, batch_size=max(1, self.plan.batch_size))
+                         tile=self.plan.patch_size, tta=tta, batch_size=max(1, self.plan.batch_size))
 
-    def validate(self, boundary: bool = False) -> EvalResult:
-        """Evaluate on whole validation images (sharded across ranks, merged exactly)."""
+    def validate(self, boundary: bool = False, tta: bool | None = False) -> EvalResult:
+        """Evaluate on whole validation images (sharded across ranks, merged exactly); ``tta`` as
+        :meth:`predictor`'s."""
         if self.dist.enabled:  # evaluate rank 0's BatchNorm statistics, the ones the checkpoint holds
             import torch.distributed as dist
 
             for buf in unwrap(self.model).buffers():
                 dist.broadcast(buf, 0)
-        return evaluate(self.predictor(), self.val_ds, loss_fn=self.eval_loss, boundary=boundary,
+        return evaluate(self.predictor(tta), self.val_ds, loss_fn=self.eval_loss, boundary=boundary,
                         keep=self.sample_idx)
 
     # ----------------------------------------------------------------- the run
