@@ -104,6 +104,13 @@ def fit_schedule(seconds: float, train_s: float, val_s: float, epoch_s: float = 
     return Schedule(epochs, iterations, val_iterations(iterations))
 
 
+def refit_epochs(left_s: float, epoch_times: Sequence[float]) -> int:
+    """How many more epochs fit in ``left_s`` seconds at the mean of the epochs run so far."""
+    if not epoch_times or left_s <= 0:
+        return 0
+    return int(left_s // (sum(epoch_times) / len(epoch_times)))
+
+
 def probe_done(timed: int, wanted: int, now: float, last_s: float, deadline: float) -> bool:
     """Whether the timing epoch has timed enough training iterations: ``wanted`` of them, or (on a machine
     far slower than the budget assumes) at least one when another would end past ``deadline``."""
@@ -492,8 +499,8 @@ def budget_trainer_class() -> type:
             self.fitted = {**asdict(plan), "train_s": train_s, "val_s": val_s, "epoch_s": epoch_s,
                            "reserve_s": reserve, "reserve_timed": timed_reserve, "probe_iterations": len(outputs)}
             self.print_to_log_file(f"budget: {self.fitted}")
-            iterations, epoch_took = len(outputs), 0.0
-            for _ in range(1, self.num_epochs):
+            iterations, epoch_took, took = len(outputs), 0.0, []
+            while self.current_epoch < self.num_epochs:
                 if self.clock() + epoch_took > self.deadline - reserve:  # a slower machine than timed
                     self.fitted["stopped_at_epoch"] = self.current_epoch
                     break
@@ -510,7 +517,12 @@ def budget_trainer_class() -> type:
                 self.on_epoch_end()
                 iterations += len(outputs)
                 epoch_took = self.clock() - t0
-            self.fitted.update(epochs_run=self.current_epoch, iterations_run=iterations)
+                took.append(epoch_took)
+                # the timing epoch's first iterations run slower than the rest: fit the remaining epochs to the
+                # fitted epochs' own mean time, so the run ends at the deadline rather than minutes short of it
+                self.num_epochs = self.current_epoch + refit_epochs(self.deadline - reserve - self.clock(), took)
+                self.lr_scheduler.max_steps = self.num_epochs  # the poly schedule still ends with the run
+            self.fitted.update(epochs_run=self.current_epoch, iterations_run=iterations, epochs_refit=self.num_epochs - 1)
             self.on_train_end()
 
     return BudgetTrainer

@@ -24,6 +24,7 @@ from nnunet_compare import (  # noqa: E402
     prediction_seconds,
     preprocessed_shape,
     probe_done,
+    refit_epochs,
     score,
     score_volumes,
     sliding_tiles,
@@ -77,6 +78,17 @@ def test_timing_epoch_stops_at_the_deadline() -> None:
     assert probe_done(1, 5, now=100.0, last_s=20.0, deadline=110.0)  # one timed: the next would end too late
     assert not probe_done(1, 5, now=80.0, last_s=20.0, deadline=110.0)
     assert probe_done(5, 5, now=0.0, last_s=1.0, deadline=1e9)
+
+
+def test_epochs_are_refit_to_the_epochs_run() -> None:
+    """The timing epoch's iterations run slow (warm-up), so the first fit can end minutes early: after each
+    fitted epoch the remaining ones are fitted to the mean epoch time so far, both ways."""
+    planned = fit_schedule(1500.0, 0.2, 0.0, 0.0)  # 50 s epochs planned
+    assert planned.epochs == 30
+    assert refit_epochs(1500.0 - 40.0, [40.0]) == 36  # they take 40 s: 36 more fit, ending at 1,480 s
+    assert refit_epochs(1500.0 - 60.0, [60.0]) == 24  # slower than timed: fewer, none past the deadline
+    assert refit_epochs(1500.0 - 80.0, [40.0, 40.0]) == 35
+    assert refit_epochs(30.0, [40.0]) == 0 and refit_epochs(-5.0, [40.0]) == 0 and refit_epochs(100.0, []) == 0
 
 
 def test_prediction_reserve() -> None:
