@@ -30,8 +30,8 @@ def test_a_crash_between_best_and_last_keeps_the_better_best(tmp_path, monkeypat
     scores = itertools.chain([0.1, 0.5, 0.3, 0.2, 0.3, 0.25, 0.4, 0.45], itertools.repeat(0.0))
     real_validate, real_save = trainer.Trainer.validate, outputs.save_checkpoint
 
-    def scripted(self, boundary=False):
-        result = real_validate(self, boundary)
+    def scripted(self, boundary=False, tta=False):
+        result = real_validate(self, boundary, tta)
         result.miou = next(scores)
         return result
 

@@ -344,8 +344,8 @@ def test_checkpoints_are_written_together_not_at_every_improvement(tmp_path, mon
     scores = [0.1, 0.2, 0.3, 0.25, 0.4, 0.35]
     real_validate = trainer_mod.Trainer.validate
 
-    def scripted(self, boundary=False):
-        result = real_validate(self, boundary)
+    def scripted(self, boundary=False, tta=False):
+        result = real_validate(self, boundary, tta)
         result.miou = scores[min(len(self.history), len(scores) - 1)]
         return result
 
