@@ -31,6 +31,8 @@ class AugmentConfig:
         rotate: maximum rotation in degrees (uniform in ``[-rotate, rotate]``); 0 disables.
         scale: zoom factor range for the random affine, e.g. ``(0.8, 1.2)``; ``None`` disables.
         translate: maximum shift as a fraction of width/height; 0 disables.
+        affine_p: probability that a sample gets the random affine (rotation, zoom, shift) at all; nnU-Net
+            rotates and scales a fifth of its patches.
         crop_size: random crop to this ``int`` or ``(height, width)`` after the geometric transforms
             (padded with fill when the image is smaller); ``None`` keeps the full image.
         elastic: probability of an elastic deformation (smooth random displacement field).
@@ -46,6 +48,7 @@ class AugmentConfig:
     rotate: float = 15.0
     scale: tuple[float, float] | None = (0.8, 1.2)
     translate: float = 0.0
+    affine_p: float = 1.0
     crop_size: int | tuple[int, int] | None = None
     elastic: float = 0.0
     elastic_magnitude: float = 0.02
@@ -55,7 +58,7 @@ class AugmentConfig:
     interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
-        for field in ("hflip", "vflip", "elastic"):
+        for field in ("hflip", "vflip", "elastic", "affine_p"):
             p = getattr(self, field)
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"AugmentConfig.{field} is a probability in [0, 1], got {p}")
@@ -159,7 +162,8 @@ def build_transforms(
 ) -> JointTransform | None:
     """The joint augmentation for ``cfg``; ``None`` for validation (``train=False``) or when nothing is on.
 
-    Order: flips, one random affine (rotation + zoom + shift, a single resampling), elastic warp,
+    Order: flips, one random affine (rotation + zoom + shift, a single resampling, with probability
+    ``affine_p``), elastic warp,
     random crop, then brightness/contrast(/saturation/hue) on the image only. Fills: 0 for the image
     and ``ignore_index`` for the mask. ``unit_range=False`` (volumes in HU, unscaled float images): the
     intensity jitter is :class:`IntensityJitter`, which keeps values outside [0, 1].
@@ -173,14 +177,15 @@ def build_transforms(
         steps.append(v2.RandomHorizontalFlip(p=cfg.hflip))
     if cfg.vflip > 0:
         steps.append(v2.RandomVerticalFlip(p=cfg.vflip))
-    if cfg.rotate > 0 or cfg.scale is not None or cfg.translate > 0:
-        steps.append(v2.RandomAffine(
+    if (cfg.rotate > 0 or cfg.scale is not None or cfg.translate > 0) and cfg.affine_p > 0:
+        affine = v2.RandomAffine(
             degrees=cfg.rotate,
             translate=(cfg.translate, cfg.translate) if cfg.translate > 0 else None,
             scale=cfg.scale,
             interpolation=interp,
             fill=fill,
-        ))
+        )
+        steps.append(affine if cfg.affine_p == 1.0 else v2.RandomApply([affine], p=cfg.affine_p))
     if cfg.elastic > 0 and cfg.elastic_magnitude > 0:
         steps.append(v2.RandomApply(
             [RandomElastic(cfg.elastic_magnitude, cfg.elastic_grid, 0.0, ignore_index, interp)], p=cfg.elastic))

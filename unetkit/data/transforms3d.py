@@ -3,11 +3,11 @@
 The same :class:`~unetkit.data.transforms.AugmentConfig` as 2D training, applied to volumes: flips along
 the in-plane axes (``hflip``: W, ``vflip``: H), one affine resampling for an in-plane rotation
 (``rotate``, about the slice axis, where thick-slice data keeps its geometry) and a zoom (``scale``, all
-axes), trilinear for the image and nearest for the labels (outside: image 0 in stored units, labels
-``ignore_index``); then intensity on the image alone: brightness and contrast (``color_jitter``, never
-clamped: CT keeps its Hounsfield units), and with the same strength a gamma on the patch's own range and
-Gaussian noise of ``color_jitter / 10`` of its std, as nnU-Net's intensity augmentation. Random draws come
-from torch's global generator, so seeded runs repeat.
+axes), for a share ``affine_p`` of the patches, trilinear for the image and nearest for the labels
+(outside: image 0 in stored units, labels ``ignore_index``); then intensity on the image alone: brightness
+and contrast (``color_jitter``, never clamped: CT keeps its Hounsfield units), and with the same strength a
+gamma on the patch's own range and Gaussian noise of ``color_jitter / 10`` of its std, as nnU-Net's
+intensity augmentation. Random draws come from torch's global generator, so seeded runs repeat.
 """
 
 from __future__ import annotations
@@ -32,8 +32,10 @@ class Augment3D:
         for axis, p in ((-1, cfg.hflip), (-2, cfg.vflip)):
             if p and float(torch.rand(())) < p:
                 image, labels = image.flip(axis), labels.flip(axis)
-        angle = math.radians(float(torch.empty(()).uniform_(-cfg.rotate, cfg.rotate))) if cfg.rotate else 0.0
-        zoom = float(torch.empty(()).uniform_(*cfg.scale)) if cfg.scale is not None else 1.0
+        angle, zoom = 0.0, 1.0
+        if (cfg.rotate or cfg.scale is not None) and (cfg.affine_p >= 1.0 or float(torch.rand(())) < cfg.affine_p):
+            angle = math.radians(float(torch.empty(()).uniform_(-cfg.rotate, cfg.rotate))) if cfg.rotate else 0.0
+            zoom = float(torch.empty(()).uniform_(*cfg.scale)) if cfg.scale is not None else 1.0
         if angle or zoom != 1.0:
             image, labels = self._affine(image, labels, angle, zoom)
         if cfg.color_jitter:

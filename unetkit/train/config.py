@@ -76,6 +76,8 @@ class TrainConfig:
     vflip: float = option(0.0, "probability of a vertical flip")
     rotate: float = option(0.0, "maximum rotation in degrees")
     scale: tuple[float, float] | None = option(None, "zoom range as two factors, e.g. 0.9 1.1 (default: no zoom)")
+    affine_p: float = option(1.0, "share of training patches that get the rotation and zoom of --rotate/--scale "
+                                  "(nnU-Net: 0.2)")
     elastic: float = option(0.0, "probability of an elastic deformation")
     color_jitter: float = option(0.1, "brightness/contrast jitter strength")
     # optimisation
@@ -184,7 +186,7 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ValueError(f"{where}: {name} must be >= 1, not {v}")
-        for name in ("hflip", "vflip", "elastic", "foreground_fraction"):
+        for name in ("hflip", "vflip", "elastic", "affine_p", "foreground_fraction"):
             v = getattr(self, name)
             if v is not None and not 0.0 <= v <= 1.0:
                 raise ValueError(f"{where}: {name} is a probability in [0, 1], not {v}")

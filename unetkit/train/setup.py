@@ -36,7 +36,7 @@ def augment_config(cfg: TrainConfig) -> AugmentConfig | None:
     if not cfg.augment:
         return None
     return AugmentConfig(hflip=cfg.hflip, vflip=cfg.vflip, rotate=cfg.rotate, scale=cfg.scale,
-                         elastic=cfg.elastic, color_jitter=cfg.color_jitter)
+                         affine_p=cfg.affine_p, elastic=cfg.elastic, color_jitter=cfg.color_jitter)
 
 
 def default_run_dir() -> Path:
