@@ -117,6 +117,22 @@ def test_invalid_augment_config() -> None:
         AugmentConfig(scale=(1.2, 0.8))
     with pytest.raises(ValueError, match="interpolation"):
         AugmentConfig(interpolation="cubic")
+    with pytest.raises(ValueError, match="affine_p"):
+        AugmentConfig(affine_p=1.2)
+
+
+def test_affine_p_is_the_share_of_samples_rotated_and_zoomed() -> None:
+    """``affine_p=0.25``: about a quarter of the samples are zoomed (a 0.5 zoom always changes the image);
+    ``affine_p=0`` leaves the affine out. 400 draws: the share's standard deviation is 0.022."""
+    mask = _block_mask()
+    image = _encoded(mask)
+    base = dict(hflip=0.0, rotate=10.0, scale=(0.5, 0.5), color_jitter=0.0)
+    tf = build_transforms(AugmentConfig(affine_p=0.25, **base), train=True)
+    assert tf is not None
+    torch.manual_seed(0)
+    changed = sum(not torch.equal(tf(image, mask)[1], mask) for _ in range(400))
+    assert 0.17 <= changed / 400 <= 0.33
+    assert build_transforms(AugmentConfig(affine_p=0.0, **base), train=True) is None  # nothing else is on
 
 
 def test_dataset_augmentation_train_only_and_fill_is_black_after_normalisation() -> None:

@@ -147,6 +147,7 @@ CASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "--weight-decay=-inf": ([*TRAIN, "--weight-decay=-inf"], ("--weight-decay", "-inf", "finite")),
     "--color-jitter nan": ([*TRAIN, "--color-jitter", "nan"], ("--color-jitter", "nan")),
     "--hflip nan": ([*TRAIN, "--hflip", "nan"], ("--hflip", "nan", "finite")),
+    "--affine-p 2": ([*TRAIN, "--affine-p", "2"], ("--affine-p", "2", "probability")),
     "--scale nan 1": ([*TRAIN, "--scale", "nan", "1"], ("--scale", "nan")),
     "--grad-clip -1": ([*TRAIN, "--grad-clip", "-1"], ("--grad-clip", "-1", ">= 0")),
     "--grad-clip nan": ([*TRAIN, "--grad-clip", "nan"], ("--grad-clip", "nan", "finite")),

@@ -342,6 +342,8 @@ def test_augmentation_is_a_planned_choice_with_its_reason():
     assert (given.augment, given.reasons["augment"]) == ("hflip 0.5, rotate 15, zoom 0.9-1.1, brightness/contrast 0.1",
                                                          "given")
     assert Plan.from_dict(given.to_dict()).augment == given.augment
+    some = make_plan(fp, TrainConfig(data="shapes", rotate=15, scale=(0.85, 1.25), affine_p=0.2, elastic=0.3))
+    assert some.augment == "rotate 15, zoom 0.85-1.25 on 20% of patches, elastic 0.3, brightness/contrast 0.1"
 
 
 @pytest.mark.parametrize("flags, words", [

@@ -311,10 +311,12 @@ def plan_augmentation(cfg: TrainConfig, fp: Fingerprint) -> tuple[str, str]:
     """
     if not cfg.augment:
         return "none", "given (--no-augment)"
-    parts = [f"{name} {value:g}" for name, value in (("hflip", cfg.hflip), ("vflip", cfg.vflip),
-                                                     ("rotate", cfg.rotate), ("elastic", cfg.elastic)) if value]
-    if cfg.scale is not None:
-        parts.append(f"zoom {cfg.scale[0]:g}-{cfg.scale[1]:g}")
+    parts = [f"{name} {value:g}" for name, value in (("hflip", cfg.hflip), ("vflip", cfg.vflip)) if value]
+    affine = ([f"rotate {cfg.rotate:g}"] if cfg.rotate else []) + (
+        [f"zoom {cfg.scale[0]:g}-{cfg.scale[1]:g}"] if cfg.scale is not None else [])
+    if affine and cfg.affine_p < 1:
+        affine[-1] += f" on {cfg.affine_p:.0%} of patches"
+    parts += affine + ([f"elastic {cfg.elastic:g}"] if cfg.elastic else [])
     geometric = bool(parts)
     if cfg.color_jitter:
         parts.append(f"brightness/contrast {cfg.color_jitter:g}")
