@@ -5,11 +5,13 @@ Usage: ``torchrun --nproc-per-node 2 tests/ddp_worker.py OUT_DIR EPOCHS``; ``FAI
 rank R raise in its second epoch; ``FAIL_ONCE_RANK=R`` makes rank R die in its second epoch on torchrun's
 first attempt only (for ``--max-restarts``). Each rank saves its parameters (not BatchNorm buffers: DDP
 broadcasts rank 0's at each forward) at the end of training (before the final evaluation reloads best.pt)
-as ``rank{R}.pt``, and prints the process group's backend.
+as ``rank{R}.pt``, and prints the process group's backend and, after ``cleanup_distributed``, how many DDP
+models are still alive (the finished trainer's reference cycles hold one until collected).
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from pathlib import Path
@@ -46,6 +48,8 @@ def main() -> None:
                                  "device": os.environ.get("DDP_DEVICE", "cpu")})
     CapturingTrainer(cfg, progress=False, log=print).run()
     cleanup_distributed()
+    alive = sum(isinstance(o, torch.nn.parallel.DistributedDataParallel) for o in gc.get_objects())
+    print(f"rank {os.environ['RANK']}: {alive} DDP models alive after cleanup")
 
 
 if __name__ == "__main__":

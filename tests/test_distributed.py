@@ -65,6 +65,14 @@ def test_parameters_identical_across_ranks(ddp_run):
     assert first["train_loss"] > 0
 
 
+def test_cleanup_frees_the_ddp_model_before_exit(ddp_run):
+    """The DDP model (its reducer holds gloo's process group and threads) is freed by ``cleanup_distributed``,
+    not left to interpreter teardown, where freeing it aborted a finished rank."""
+    _, proc = ddp_run
+    assert sorted(re.findall(r"rank (\d): (\d+) DDP models alive after cleanup", proc.stdout)) == [("0", "0"),
+                                                                                                ("1", "0")]
+
+
 def test_only_rank0_writes_and_reports_global_batch(ddp_run):
     out, proc = ddp_run
     assert proc.stdout.count("global batch 4 (= 2/process x 2 x 1 accumulation)") == 1

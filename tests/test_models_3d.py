@@ -16,6 +16,7 @@ from torch import nn
 from unetkit import UNet, UNetConfig
 from unetkit.bench.flops import count_forward_flops
 from unetkit.cli.options import add_model_options, model_config_from_args
+from unetkit.models.blocks import InstanceNorm2d, InstanceNorm3d, MaxPool
 from unetkit.models.decoder import VoxelShuffle, make_upsample
 from unetkit.models.fuse import fuse_conv_bn
 from unetkit.models.stages import plan_stages
@@ -60,10 +61,34 @@ def test_the_odd_volume_37x50x45():
 def test_layers_are_3d_and_the_input_must_be_5d():
     model = tiny3d(upsample="transpose")
     kinds = {type(m) for m in model.modules()}
-    assert {nn.Conv3d, nn.ConvTranspose3d, nn.BatchNorm3d, nn.MaxPool3d} <= kinds
-    assert not kinds & {nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d, nn.MaxPool2d}
+    assert {nn.Conv3d, nn.ConvTranspose3d, nn.BatchNorm3d, MaxPool} <= kinds
+    assert not kinds & {nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d}
+    assert {m.spatial_dims for m in model.modules() if isinstance(m, MaxPool)} == {3}
     with pytest.raises(ValueError, match=r"spatial_dims=3 takes 5-D input"):
         model(torch.randn(1, 1, 16, 16))
+
+
+@pytest.mark.parametrize(("shape", "stride"), [((2, 3, 37, 50, 45), 2), ((1, 2, 9, 12, 11), (1, 2, 2)),
+                                              ((2, 3, 7, 9), 2), ((1, 2, 13, 10), (2, 1))])
+def test_max_pool_gives_the_library_values_with_and_without_autograd(shape, stride):
+    nd = len(shape) - 2
+    pool = MaxPool(stride, nd)
+    lib = torch.nn.functional.max_pool2d if nd == 2 else torch.nn.functional.max_pool3d
+    x = torch.randn(shape)
+    x[0, 0].flatten()[:6] = float("nan")  # NaN propagates, as in the library kernel
+    with torch.no_grad():  # the strided-maximum path
+        fast = pool(x)
+    ref = lib(x, stride, stride)
+    assert fast.shape == ref.shape
+    torch.testing.assert_close(fast, ref, rtol=0, atol=0, equal_nan=True)
+    # with autograd (training) the library kernel runs: the gradient goes to one maximum per window
+    xg = torch.randn(shape).requires_grad_()
+    pool(xg).sum().backward()
+    assert xg.grad.sum().item() == ref.numel()
+    assert set(xg.grad.unique().tolist()) == {0.0, 1.0}
+    # an input smaller than the window gets the library's error, not an empty tensor
+    with torch.no_grad(), pytest.raises(RuntimeError, match="too small"):
+        pool(torch.randn(shape[:2] + (1,) * nd))
 
 
 def test_voxel_shuffle_matches_pixel_shuffle_in_2d_and_moves_each_voxel_where_expected():
@@ -91,7 +116,7 @@ def test_pixelshuffle_upsampling_starts_with_equal_subvoxels():
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_instance_norm_normalises_each_sample_and_channel(spatial_dims: int):
     model = UNet(spatial_dims=spatial_dims, in_channels=1, base_channels=4, depth=3, norm="instance")
-    norm_type = {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}[spatial_dims]
+    norm_type = {2: InstanceNorm2d, 3: InstanceNorm3d}[spatial_dims]
     norms = [m for m in model.modules() if isinstance(m, nn.modules.instancenorm._InstanceNorm)]
     assert len(norms) == 2 * 3 + 2 * 2 and all(type(m) is norm_type and m.affine for m in norms)
     assert not any("running" in k for k in model.state_dict())
@@ -107,6 +132,29 @@ def test_instance_norm_normalises_each_sample_and_channel(spatial_dims: int):
     torch.testing.assert_close(out.var(-1, unbiased=False), torch.ones(2, 4), atol=1e-3, rtol=0)
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 5, 6, 7), (3, 4, 9, 10)])
+def test_instance_norm_kernel_matches_the_library_forward_and_backward(shape):
+    norm = (InstanceNorm2d if len(shape) == 4 else InstanceNorm3d)(shape[1], affine=True)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.normal_()
+    x = (torch.randn(shape) * 4 + 2).requires_grad_()
+    grad_out = torch.randn(shape)
+    ours = norm(x)
+    ours.backward(grad_out)
+    ours_grads = [t.grad.clone() for t in (x, norm.weight, norm.bias)]
+    for t in (x, norm.weight, norm.bias):
+        t.grad = None
+    ref = torch.nn.functional.instance_norm(x, weight=norm.weight, bias=norm.bias, eps=norm.eps)
+    ref.backward(grad_out)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    for got, want in zip(ours_grads, (x.grad, norm.weight.grad, norm.bias.grad)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    # a single spatial element is refused in training, as by the library
+    with pytest.raises(ValueError, match="more than 1 spatial element"):
+        norm(torch.randn(shape[:2] + (1,) * (len(shape) - 2)))
+
+
 def test_anisotropic_strides_and_kernels_give_the_expected_stages():
     model = UNet(spatial_dims=3, in_channels=1, base_channels=4, strides=ANISO_STRIDES, kernel_sizes=ANISO_KERNELS)
     assert model.config.depth == 4
@@ -116,7 +164,7 @@ def test_anisotropic_strides_and_kernels_give_the_expected_stages():
     assert [tuple(f.shape[1:]) for f in feats] == [(4, 16, 64, 48), (8, 16, 32, 24), (16, 16, 16, 12),
                                                     (32, 8, 8, 6)]
     assert model.encoder.stages[0][0].weight.shape == (4, 1, 1, 3, 3)
-    assert model.encoder.stages[1][0].kernel_size == (1, 2, 2)  # the pool
+    assert model.encoder.stages[1][0].stride == (1, 2, 2)  # the pool
     assert model.encoder.stages[3][1][0].weight.shape[2:] == (3, 3, 3)
     # decoder: coarse to fine, each stage upsamples by its skip's per-axis ratio and uses its skip's kernel
     ups = [b.up for b in model.decoder.blocks]

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 #: Layer classes per spatial dimensionality.
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 _CONV_T = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
-_MAX_POOL = {2: nn.MaxPool2d, 3: nn.MaxPool3d}
 _BATCH_NORM = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
-_INSTANCE_NORM = {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
 CONVS = (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 NORMS = (nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm2d, nn.InstanceNorm3d)
 
@@ -39,9 +39,72 @@ def conv_transpose_nd(spatial_dims: int) -> type[nn.ConvTranspose2d] | type[nn.C
     return _CONV_T[_check_dims(spatial_dims)]
 
 
-def max_pool_nd(spatial_dims: int) -> type[nn.MaxPool2d] | type[nn.MaxPool3d]:
-    """``nn.MaxPool2d`` or ``nn.MaxPool3d``."""
-    return _MAX_POOL[_check_dims(spatial_dims)]
+def _exporting() -> bool:
+    """True while the model is traced, scripted, exported or compiled (keep the library ops in the graph)."""
+    return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+            or torch.compiler.is_compiling() or torch.compiler.is_exporting())
+
+
+class _GroupNormKernel:
+    """Instance norm computed by ``F.group_norm`` with one group per channel: the same statistics (per sample
+    and channel) and affine weights, through a CPU kernel 1.1-5x faster, forward and backward, than the one
+    behind ``F.instance_norm`` (docs/performance.md). Used on CPU tensors, without running statistics, on
+    batched input, when not exporting; otherwise, and for a single spatial element (which instance norm
+    refuses in training), the library's forward runs, so exported graphs keep their instance-norm node."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type != "cpu" or self.track_running_stats or x.dim() != self._get_no_batch_dim() + 1
+                or x[0, 0].numel() == 1 or _exporting()):
+            return super().forward(x)
+        return F.group_norm(x, self.num_features, self.weight, self.bias, self.eps)
+
+
+class InstanceNorm2d(_GroupNormKernel, nn.InstanceNorm2d):
+    """``nn.InstanceNorm2d`` (same parameters and state dict) with the faster kernel of ``_GroupNormKernel``."""
+
+
+class InstanceNorm3d(_GroupNormKernel, nn.InstanceNorm3d):
+    """``nn.InstanceNorm3d`` (same parameters and state dict) with the faster kernel of ``_GroupNormKernel``."""
+
+
+_INSTANCE_NORM = {2: InstanceNorm2d, 3: InstanceNorm3d}
+
+
+class MaxPool(nn.Module):
+    """Max pooling with the kernel equal to the stride (per axis, no padding, odd sizes floored), 2D or 3D.
+
+    The values are ``F.max_pool2d``/``F.max_pool3d``'s. Where no gradient is needed (validation, prediction)
+    on a CPU tensor in the default memory layout, it takes the elementwise maximum of strided views, one axis
+    at a time: PyTorch's CPU pooling kernel for NC(D)HW tensors is 5-18x slower than that
+    (``benchmarks/bench_3d_model.py``, docs/performance.md). Training (which needs the pool's indices for the
+    backward pass), channels-last tensors, other devices, inputs smaller than the window (the library's error),
+    tracing, export and ``torch.compile`` use the library kernel, so exported graphs keep their ``MaxPool`` node.
+    """
+
+    def __init__(self, stride: Size, spatial_dims: int = 2) -> None:
+        super().__init__()
+        self.spatial_dims = _check_dims(spatial_dims)
+        self.stride = as_axes(stride, spatial_dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type != "cpu" or not x.is_contiguous() or (torch.is_grad_enabled() and x.requires_grad)
+                or any(n < s for n, s in zip(x.shape[2:], self.stride)) or _exporting()):
+            pool = F.max_pool2d if self.spatial_dims == 2 else F.max_pool3d
+            return pool(x, self.stride, self.stride)
+        for axis, s in enumerate(self.stride):
+            if s == 1:
+                continue
+            dim = axis + 2
+            n = x.shape[dim] // s
+            views = x.narrow(dim, 0, n * s).unflatten(dim, (n, s))
+            out = views.select(dim + 1, 0)
+            for j in range(1, s):
+                out = torch.maximum(out, views.select(dim + 1, j))
+            x = out
+        return x
+
+    def extra_repr(self) -> str:
+        return f"stride={compact(self.stride)}, spatial_dims={self.spatial_dims}"
 
 
 def interp_mode(spatial_dims: int) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..blocks import DoubleConv, as_axes, compact, init_kaiming, max_pool_nd
+from ..blocks import DoubleConv, MaxPool, as_axes, compact, init_kaiming
 from . import register_encoder
 from .base import Encoder
 
@@ -54,7 +54,7 @@ class PlainEncoder(Encoder):
                 self.stages.append(block)
             else:
                 s = compact(strides_[i])
-                self.stages.append(nn.Sequential(max_pool_nd(nd)(s) if s != 1 else nn.Identity(), block))
+                self.stages.append(nn.Sequential(MaxPool(s, nd) if s != 1 else nn.Identity(), block))
                 axis_red.append(tuple(r * t for r, t in zip(axis_red[-1], strides_[i])))
             prev = w
         self.spatial_dims = nd
