@@ -140,11 +140,13 @@ def smp_reference(data: str, budget: float, out: Path, encoder: str = "resnet34"
     return r
 
 
-def nnunet_reference(data: str, budget: float, out: Path, device: str = "cpu") -> dict[str, Any]:
-    """(d): nnU-Net v2 from raw data to scored predictions in ``budget`` seconds (its own process)."""
+def nnunet_reference(data: str, budget: float, out: Path, device: str = "cpu", seed: int = 0) -> dict[str, Any]:
+    """(d): nnU-Net v2 from raw data to scored predictions in ``budget`` seconds (its own process), on the
+    validation cases ``unetkit train --seed seed`` holds out (a folder without ``val/`` draws them)."""
     script = Path(__file__).with_name("nnunet_compare.py")
     r = run_process([sys.executable, str(script), "--data", data, "--budget", str(budget), "--device", device,
-                     "--work", str(out), "--json", str(out.with_suffix(".json"))], log=out.with_suffix(".log"))
+                     "--seed", str(seed), "--work", str(out), "--json", str(out.with_suffix(".json"))],
+                    log=out.with_suffix(".log"))
     if r["rc"] == 0:
         r.update(json.loads(out.with_suffix(".json").read_text()))
     return r
@@ -303,7 +305,8 @@ def main() -> None:
             row["smp"] = smp_reference(data, first["seconds"], work / f"{name}-smp", args.smp_encoder, seeds[0])
         if "nnunet" in args.compare:
             first = next(iter(row.values()))
-            row["nnunet"] = nnunet_reference(data, first["seconds"], work / f"{name}-nnunet", args.nnunet_device)
+            row["nnunet"] = nnunet_reference(data, first["seconds"], work / f"{name}-nnunet", args.nnunet_device,
+                                             seeds[0])
             check_pixels(row)
             row["nnunet"]["pixels_match"] = row["nnunet"].get("pixels") == first.get("pixels")
         results["datasets"][name] = row

@@ -78,3 +78,16 @@ def test_final_scores_are_the_last_models(tmp_path: Path) -> None:
     options = yaml.safe_load((run / "config.yaml").read_text())
     (run / "config.yaml").write_text(yaml.safe_dump({**options, "hflip": 0.0, "vflip": 0.0}))
     assert set(final_scores(run, pixels)) == {"final_miou", "final_dice"}  # no flips, no TTA score
+
+
+def test_nnunet_reference_holds_out_the_seeds_cases(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """nnU-Net must be scored on the validation cases our run with ``--seed`` held out: a folder without
+    ``val/`` draws them from the seed, so the seed has to reach the comparator's command."""
+    import bench_datasets
+
+    commands: list[list[str]] = []
+    monkeypatch.setattr(bench_datasets, "run_process", lambda cmd, log: commands.append(cmd) or {"rc": 1})
+    assert bench_datasets.nnunet_reference("DATA", 60.0, tmp_path / "nn", "cpu", seed=3) == {"rc": 1}
+    cmd = commands[0]
+    assert cmd[cmd.index("--seed") + 1] == "3"
+    assert cmd[cmd.index("--data") + 1] == "DATA"
