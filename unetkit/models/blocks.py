@@ -75,8 +75,8 @@ class MaxPool(nn.Module):
 
     The values are ``F.max_pool2d``/``F.max_pool3d``'s. Where no gradient is needed (validation, prediction)
     on a CPU tensor in the default memory layout, it takes the elementwise maximum of strided views, one axis
-    at a time: PyTorch's CPU pooling kernel for NC(D)HW tensors was 2.6-18x slower than that in fp32
-    (``benchmarks/bench_3d_model.py``, docs/performance.md). Training (which needs the pool's indices for the
+    at a time: PyTorch's CPU pooling kernel for NC(D)HW tensors measured 2.6-18x slower than that (fp32, AMD EPYC;
+    ``benchmarks/bench_3d_model.py``, docs/performance.md). Training (which needs the pool's indices for the
     backward pass), channels-last tensors, other devices, inputs smaller than the window (the library's error),
     tracing, export and ``torch.compile`` use the library kernel, so exported graphs keep their ``MaxPool`` node.
     """
